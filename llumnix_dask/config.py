@@ -1,0 +1,221 @@
+"""Every default of llumnix-dask lives here, validated when a config is built.
+
+A bad value raises ``ValueError`` naming the field, e.g.::
+
+    >>> PolicyConfig(dispatch="fastest")
+    Traceback (most recent call last):
+    ...
+    ValueError: PolicyConfig.dispatch: unknown policy 'fastest'; choose one of infaas, llumnix, random, round_robin
+
+Configs are frozen dataclasses; use :func:`dataclasses.replace` to derive a changed copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+DISPATCH_POLICIES = ("llumnix", "infaas", "round_robin", "random")
+REQUEST_SELECTIONS = ("SR", "LR", "LCR", "FCW")
+ENGINE_BACKENDS = ("nano", "vllm", "sim")
+
+
+def _fail(obj: Any, name: str, msg: str) -> None:
+    raise ValueError(f"{type(obj).__name__}.{name}: {msg}")
+
+
+def _check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            _fail(obj, name, f"must be a number, got {value!r}")
+        if value < 0 or (value == 0 and not allow_zero):
+            _fail(obj, name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_choice(obj: Any, name: str, choices: Iterable[str]) -> None:
+    value = getattr(obj, name)
+    choices = tuple(choices)
+    if value not in choices:
+        _fail(obj, name, f"unknown policy {value!r}; choose one of {', '.join(sorted(choices))}")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Knobs of the global scheduler's policies (dispatch, migration, priorities, scaling).
+
+    Freeness is measured in *blocks per running request* (paper section 4.4).
+    """
+
+    dispatch: str = "llumnix"
+    # Migration: sources are instances with freeness below ``migrate_out_freeness`` (or with preempted /
+    # waiting-too-long requests), destinations are instances above ``migrate_in_freeness``.
+    migration_enabled: bool = True
+    migrate_out_freeness: float = 10.0
+    migrate_in_freeness: float = 60.0
+    request_selection: str = "SR"
+    # Dispatch skips instances whose freeness is below this while a non-busy one exists.
+    busy_freeness: float = 10.0
+    # De-fragmentation: only the head-of-line queued request counts, in full, in virtual usage.
+    defragmentation: bool = True
+    # Priorities: an instance holding high-priority requests reserves this many blocks of fake usage per
+    # high-priority request so that it stays lightly loaded (small batches, fast decode).
+    priorities_enabled: bool = True
+    priority_headroom_blocks: int = 320
+    # Auto-scaling: keep the cluster's average freeness inside [scale_up_freeness, scale_down_freeness].
+    scaling_enabled: bool = False
+    scale_up_freeness: float = 25.0
+    scale_down_freeness: float = 75.0
+    min_instances: int = 1
+    max_instances: int = 16
+    # Ticks of the scheduler loops (seconds of wall time, or of simulated time in the simulator).
+    migration_interval_s: float = 0.05
+    scaling_interval_s: float = 10.0
+    # Time the average freeness must stay outside the band before the cluster is rescaled.
+    scaling_patience_s: float = 30.0
+    random_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "dispatch", DISPATCH_POLICIES)
+        _check_choice(self, "request_selection", REQUEST_SELECTIONS)
+        _check_positive(self, "migration_interval_s", "scaling_interval_s")
+        _check_positive(self, "priority_headroom_blocks", "scaling_patience_s", allow_zero=True)
+        if self.min_instances < 1:
+            _fail(self, "min_instances", f"must be >= 1, got {self.min_instances}")
+        if self.max_instances < self.min_instances:
+            _fail(self, "max_instances", f"must be >= min_instances ({self.min_instances}), got {self.max_instances}")
+        if self.scale_up_freeness > self.scale_down_freeness:
+            _fail(
+                self,
+                "scale_up_freeness",
+                f"scaling band is empty: x={self.scale_up_freeness} > y={self.scale_down_freeness}",
+            )
+        if self.migrate_out_freeness > self.migrate_in_freeness:
+            _fail(
+                self,
+                "migrate_out_freeness",
+                f"must be <= migrate_in_freeness ({self.migrate_in_freeness}), got {self.migrate_out_freeness}",
+            )
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    """Live-migration protocol knobs (defaults from the paper's public implementation)."""
+
+    max_stages: int = 3
+    last_stage_max_blocks: int = 16
+    staging_buffer_blocks: int = 512
+    # Free blocks the destination must keep after pre-allocating the first stage.
+    dst_watermark_blocks: int = 16
+    # Destination frees its pre-allocation when the source is silent this long.
+    dst_timeout_s: float = 10.0
+    # Source gives up on a destination that does not answer a stage within this long.
+    stage_timeout_s: float = 10.0
+    # Transport chunks are at least this large (bytes) so per-message overhead is amortised.
+    min_chunk_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_stages", "last_stage_max_blocks", "staging_buffer_blocks", "min_chunk_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                _fail(self, name, f"must be an integer >= 1, got {value!r}")
+        _check_positive(self, "dst_timeout_s", "stage_timeout_s")
+        _check_positive(self, "dst_watermark_blocks", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One engine instance: which backend, which model, how much KV cache, how big a batch."""
+
+    backend: str = "nano"
+    model: str | None = None  # path to an HF checkpoint dir; None = the built-in tiny model
+    block_size: int = 16
+    num_blocks: int | None = None  # None = derived from kv_cache_bytes
+    kv_cache_bytes: int = 256 * 1024 * 1024
+    max_batch_size: int = 64
+    max_batched_tokens: int = 2048  # prefill tokens per step (chunked prefill above this)
+    max_model_len: int | None = None  # None = the model's max_position_embeddings
+    dtype: str = "float32"
+    device: str = "auto"  # "auto" = cuda if visible else cpu
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "backend", ENGINE_BACKENDS)
+        for name in ("block_size", "max_batch_size", "max_batched_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                _fail(self, name, f"must be an integer >= 1, got {value!r}")
+        if self.num_blocks is not None and (not isinstance(self.num_blocks, int) or self.num_blocks < 1):
+            _fail(self, "num_blocks", f"must be an integer >= 1 or None, got {self.num_blocks!r}")
+        _check_positive(self, "kv_cache_bytes")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            _fail(self, "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Step latency of one engine instance, for the simulator and the sim backend.
+
+    Calibrated to the LLaMA-7B / A10 anchors of the paper (REFERENCE.md): prefill ~0.24 ms/token
+    (256 tokens ~58 ms, 8k ~2 s), decode step ~43-53 ms growing with batch size and batch tokens.
+    """
+
+    prefill_base_ms: float = 0.0
+    prefill_ms_per_token: float = 0.24
+    decode_base_ms: float = 40.0
+    decode_ms_per_seq: float = 0.2
+    decode_ms_per_kv_token: float = 0.0005
+    # Migration cost model: per-block copy time of one stage, and the fixed handshake cost of a stage.
+    migration_ms_per_block: float = 0.05
+    migration_stage_overhead_ms: float = 2.0
+    # Downtime: the last stage's copy plus the commit handshake on both sides.
+    migration_commit_ms: float = 20.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_positive(self, f.name, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The discrete-event simulator: N instances of the paper's setup."""
+
+    num_instances: int = 16
+    blocks_per_instance: int = 1000
+    block_size: int = 16
+    max_batch_size: int = 256
+    max_batched_tokens: int = 8192
+    latency: LatencyModel = field(default_factory=LatencyModel)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
+    # Lifetime of a newly added instance before it serves (scale-up cold start), seconds.
+    instance_startup_s: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_instances", "blocks_per_instance", "block_size", "max_batch_size", "max_batched_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                _fail(self, name, f"must be an integer >= 1, got {value!r}")
+        _check_positive(self, "instance_startup_s", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """HTTP front end (`llumnix-dask up`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    model_name: str = "llumnix-tiny"
+    # Load reports from an instance are pushed at most this often (seconds).
+    load_report_interval_s: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            _fail(self, "port", f"must be an integer in [0, 65535], got {self.port!r}")
+        _check_positive(self, "load_report_interval_s")

@@ -1,0 +1,122 @@
+"""Virtual usage and freeness of an instance (Llumnix paper, section 4.4).
+
+Pure functions over frozen snapshots. An instance reports an :class:`InstanceLoad`; every policy
+(dispatch, migration, scaling) reads it only through :func:`virtual_usage` and :func:`freeness`::
+
+    >>> from llumnix_dask.config import PolicyConfig
+    >>> load = InstanceLoad("i0", total_blocks=100, used_blocks=30,
+    ...                     running=(RequestLoad("a", 10), RequestLoad("b", 20)),
+    ...                     waiting=(RequestLoad("c", 40),))
+    >>> virtual_usage(load, PolicyConfig())        # 10 + 20 running, 40 queued demand
+    70.0
+    >>> freeness(load, PolicyConfig())             # (100 - 70) / 3 requests
+    10.0
+
+Definitions:
+
+* a running request's virtual usage is the KV blocks it holds;
+* a queued request's virtual usage is its demand (blocks needed to start it) when de-fragmentation is on,
+  so an instance whose head-of-line request cannot start looks full and gets migrated from; with it off a
+  queued request counts nothing (the physical view, which hides fragmentation);
+* every high-priority request adds ``priority_headroom_blocks`` of fake usage so the instance that holds it
+  stays lightly loaded (smaller batches, faster decode) and receives fewer new requests;
+* a terminating instance has infinite usage: nothing is dispatched to it and it is migrated from first;
+* freeness F = (M - sum V) / B with M the instance's total blocks and B the number of requests it holds
+  (running + queued, at least 1): free blocks per request, i.e. how long the batch can keep decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.request import Priority
+
+
+@dataclass(frozen=True)
+class RequestLoad:
+    """What the policies see of one request on an instance."""
+
+    request_id: str
+    blocks: int  # running: blocks held; queued: blocks needed to start (its demand)
+    priority: Priority = Priority.NORMAL
+    num_tokens: int = 0  # tokens so far, prompt + output
+    arrival_time: float = 0.0
+    preempted: bool = False  # queued again after losing its blocks
+    migrating: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceLoad:
+    """A snapshot of one instance, pushed to the global scheduler after engine steps."""
+
+    instance_id: str
+    total_blocks: int
+    used_blocks: int
+    running: tuple[RequestLoad, ...] = ()
+    waiting: tuple[RequestLoad, ...] = ()  # FCFS order: waiting[0] is the head of line
+    terminating: bool = False
+    migrating: bool = False  # a migration (in or out) is under way on this instance
+    num_preemptions: int = 0  # total so far
+    time: float = 0.0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    @property
+    def free_blocks(self) -> int:
+        return self.total_blocks - self.used_blocks
+
+    @property
+    def num_high_priority(self) -> int:
+        return sum(1 for r in self.running + self.waiting if r.priority >= Priority.HIGH)
+
+    @property
+    def has_preempted(self) -> bool:
+        return any(r.preempted for r in self.waiting)
+
+
+def request_virtual_usage(req: RequestLoad, queued: bool, config: PolicyConfig) -> float:
+    usage = float(req.blocks) if (not queued or config.defragmentation) else 0.0
+    if config.priorities_enabled and req.priority >= Priority.HIGH:
+        usage += config.priority_headroom_blocks
+    return usage
+
+
+def virtual_usage(load: InstanceLoad, config: PolicyConfig) -> float:
+    """Sum of the virtual usage of every request on the instance (``inf`` if it is terminating)."""
+    if load.terminating:
+        return math.inf
+    total = sum(request_virtual_usage(r, False, config) for r in load.running)
+    total += sum(request_virtual_usage(r, True, config) for r in load.waiting)
+    return float(total)
+
+
+def freeness(load: InstanceLoad, config: PolicyConfig) -> float:
+    """Free blocks per request after virtual usage: F = (M - sum V) / B. ``-inf`` when terminating."""
+    usage = virtual_usage(load, config)
+    if math.isinf(usage):
+        return -math.inf
+    return (load.total_blocks - usage) / max(1, load.num_requests)
+
+
+def with_dispatched(load: InstanceLoad, request: RequestLoad) -> InstanceLoad:
+    """The load after one more request is queued on the instance.
+
+    The global scheduler applies this to its copy right after a dispatch, so a burst that arrives between
+    two load reports spreads out instead of piling onto the instance that looked freest.
+    """
+    return replace(load, waiting=load.waiting + (request,))
+
+
+def average_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> float:
+    """Mean freeness over the instances that are not terminating (``inf`` if there are none)."""
+    values = [freeness(x, config) for x in loads if not x.terminating]
+    return sum(values) / len(values) if values else math.inf

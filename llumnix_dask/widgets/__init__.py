@@ -1,0 +1,1 @@
+"""llumnix_dask.widgets"""

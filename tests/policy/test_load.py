@@ -1,0 +1,39 @@
+import math
+
+import pytest
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness, virtual_usage, with_dispatched
+from llumnix_dask.request import Priority
+
+
+def test_empty_instance_is_all_free():
+    load = InstanceLoad("i0", total_blocks=1000, used_blocks=0)
+    assert virtual_usage(load, PolicyConfig()) == 0
+    assert freeness(load, PolicyConfig()) == 1000
+
+
+def test_running_and_queued_hol_demand():
+    load = InstanceLoad(
+        "i0", 100, 30, running=(RequestLoad("a", 10), RequestLoad("b", 20)), waiting=(RequestLoad("c", 40),)
+    )
+    assert virtual_usage(load, PolicyConfig()) == 70
+    assert freeness(load, PolicyConfig()) == pytest.approx(10.0)
+    # Without de-fragmentation the queued request is invisible: the instance looks half free.
+    assert freeness(load, PolicyConfig(defragmentation=False)) == pytest.approx(70 / 3)
+
+
+def test_high_priority_headroom_and_terminating():
+    hp = RequestLoad("h", 10, priority=Priority.HIGH)
+    load = InstanceLoad("i0", 1000, 10, running=(hp,))
+    cfg = PolicyConfig(priority_headroom_blocks=300)
+    assert virtual_usage(load, cfg) == 310
+    assert virtual_usage(load, PolicyConfig(priorities_enabled=False)) == 10
+    term = InstanceLoad("i1", 1000, 0, terminating=True)
+    assert math.isinf(virtual_usage(term, cfg)) and freeness(term, cfg) == -math.inf
+
+
+def test_with_dispatched_lowers_freeness():
+    load = InstanceLoad("i0", 100, 0)
+    after = with_dispatched(load, RequestLoad("x", 20))
+    assert freeness(after, PolicyConfig()) == 80 and freeness(load, PolicyConfig()) == 100
