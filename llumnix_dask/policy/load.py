@@ -4,7 +4,7 @@ Pure functions over frozen snapshots. An instance reports an :class:`InstanceLoa
 (dispatch, migration, scaling) reads it only through :func:`virtual_usage` and :func:`freeness`::
 
     >>> from llumnix_dask.config import PolicyConfig
-    >>> load = InstanceLoad("i0", total_blocks=100, used_blocks=30,
+    >>> load = InstanceLoad.from_requests("i0", total_blocks=100, used_blocks=30,
     ...                     running=(RequestLoad("a", 10), RequestLoad("b", 20)),
     ...                     waiting=(RequestLoad("c", 40),))
     >>> virtual_usage(load, PolicyConfig())        # 10 + 20 running, 40 queued demand
@@ -50,52 +50,84 @@ class RequestLoad:
 
 @dataclass(frozen=True)
 class InstanceLoad:
-    """A snapshot of one instance, pushed to the global scheduler after engine steps."""
+    """A snapshot of one instance, pushed to the global scheduler after engine steps.
+
+    The aggregate fields are all the load formulas need (O(1) per instance, so the scheduler and the
+    simulator can evaluate thousands of snapshots per second). ``running`` / ``waiting`` list the
+    individual requests for migration's request selection; a cheap report may leave them empty.
+    Build a consistent snapshot from request lists with :meth:`from_requests`.
+    """
 
     instance_id: str
     total_blocks: int
     used_blocks: int
-    running: tuple[RequestLoad, ...] = ()
-    waiting: tuple[RequestLoad, ...] = ()  # FCFS order: waiting[0] is the head of line
+    num_running: int = 0
+    num_waiting: int = 0
+    running_blocks: int = 0  # blocks held by running requests
+    waiting_demand_blocks: int = 0  # blocks the queued requests need to start
+    hol_demand_blocks: int = 0  # demand of the head-of-line queued request
+    num_high_priority: int = 0  # running + queued
+    num_preempted_waiting: int = 0  # queued requests that lost their blocks to preemption
     terminating: bool = False
     migrating: bool = False  # a migration (in or out) is under way on this instance
     num_preemptions: int = 0  # total so far
     time: float = 0.0
+    running: tuple[RequestLoad, ...] = ()
+    waiting: tuple[RequestLoad, ...] = ()  # FCFS order: waiting[0] is the head of line
+
+    @classmethod
+    def from_requests(
+        cls,
+        instance_id: str,
+        total_blocks: int,
+        used_blocks: int,
+        running: Sequence[RequestLoad] = (),
+        waiting: Sequence[RequestLoad] = (),
+        **kwargs: object,
+    ) -> "InstanceLoad":
+        running, waiting = tuple(running), tuple(waiting)
+        return cls(
+            instance_id=instance_id,
+            total_blocks=total_blocks,
+            used_blocks=used_blocks,
+            num_running=len(running),
+            num_waiting=len(waiting),
+            running_blocks=sum(r.blocks for r in running),
+            waiting_demand_blocks=sum(r.blocks for r in waiting),
+            hol_demand_blocks=waiting[0].blocks if waiting else 0,
+            num_high_priority=sum(1 for r in running + waiting if r.priority >= Priority.HIGH),
+            num_preempted_waiting=sum(1 for r in waiting if r.preempted),
+            running=running,
+            waiting=waiting,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     @property
     def batch_size(self) -> int:
-        return len(self.running)
+        return self.num_running
 
     @property
     def num_requests(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return self.num_running + self.num_waiting
 
     @property
     def free_blocks(self) -> int:
         return self.total_blocks - self.used_blocks
 
     @property
-    def num_high_priority(self) -> int:
-        return sum(1 for r in self.running + self.waiting if r.priority >= Priority.HIGH)
-
-    @property
     def has_preempted(self) -> bool:
-        return any(r.preempted for r in self.waiting)
-
-
-def request_virtual_usage(req: RequestLoad, queued: bool, config: PolicyConfig) -> float:
-    usage = float(req.blocks) if (not queued or config.defragmentation) else 0.0
-    if config.priorities_enabled and req.priority >= Priority.HIGH:
-        usage += config.priority_headroom_blocks
-    return usage
+        return self.num_preempted_waiting > 0
 
 
 def virtual_usage(load: InstanceLoad, config: PolicyConfig) -> float:
     """Sum of the virtual usage of every request on the instance (``inf`` if it is terminating)."""
     if load.terminating:
         return math.inf
-    total = sum(request_virtual_usage(r, False, config) for r in load.running)
-    total += sum(request_virtual_usage(r, True, config) for r in load.waiting)
+    total = load.running_blocks
+    if config.defragmentation:
+        total += load.waiting_demand_blocks
+    if config.priorities_enabled:
+        total += config.priority_headroom_blocks * load.num_high_priority
     return float(total)
 
 
@@ -113,7 +145,14 @@ def with_dispatched(load: InstanceLoad, request: RequestLoad) -> InstanceLoad:
     The global scheduler applies this to its copy right after a dispatch, so a burst that arrives between
     two load reports spreads out instead of piling onto the instance that looked freest.
     """
-    return replace(load, waiting=load.waiting + (request,))
+    return replace(
+        load,
+        num_waiting=load.num_waiting + 1,
+        waiting_demand_blocks=load.waiting_demand_blocks + request.blocks,
+        hol_demand_blocks=load.hol_demand_blocks if load.num_waiting else request.blocks,
+        num_high_priority=load.num_high_priority + (request.priority >= Priority.HIGH),
+        waiting=load.waiting + (request,) if load.waiting or not load.num_waiting else load.waiting,
+    )
 
 
 def average_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> float:

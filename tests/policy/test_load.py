@@ -14,7 +14,7 @@ def test_empty_instance_is_all_free():
 
 
 def test_running_and_queued_hol_demand():
-    load = InstanceLoad(
+    load = InstanceLoad.from_requests(
         "i0", 100, 30, running=(RequestLoad("a", 10), RequestLoad("b", 20)), waiting=(RequestLoad("c", 40),)
     )
     assert virtual_usage(load, PolicyConfig()) == 70
@@ -25,7 +25,7 @@ def test_running_and_queued_hol_demand():
 
 def test_high_priority_headroom_and_terminating():
     hp = RequestLoad("h", 10, priority=Priority.HIGH)
-    load = InstanceLoad("i0", 1000, 10, running=(hp,))
+    load = InstanceLoad.from_requests("i0", 1000, 10, running=(hp,))
     cfg = PolicyConfig(priority_headroom_blocks=300)
     assert virtual_usage(load, cfg) == 310
     assert virtual_usage(load, PolicyConfig(priorities_enabled=False)) == 10
