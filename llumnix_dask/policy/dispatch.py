@@ -1,0 +1,130 @@
+"""Dispatch: which instance a new request goes to (Llumnix paper, section 4.4).
+
+Pure code over :class:`InstanceLoad` snapshots. The caller keeps a :class:`DispatchState` and calls
+:meth:`DispatchState.record` once it has actually placed the request (``dispatch`` never mutates it)::
+
+    >>> from llumnix_dask.config import PolicyConfig
+    >>> loads = [InstanceLoad("a", 100, 80, num_running=2, running_blocks=80),
+    ...          InstanceLoad("b", 100, 20, num_running=2, running_blocks=20)]
+    >>> state = DispatchState()
+    >>> d = dispatch(loads, RequestLoad("r", 4), PolicyConfig(), state)
+    >>> d.instance_id, d.reason["freeness"]
+    ('b', 40.0)
+    >>> state.record(d.instance_id)
+
+Policies (``PolicyConfig.dispatch``):
+
+* ``llumnix`` and ``infaas``: the freest instance (highest freeness). Instances whose freeness is below
+  ``busy_freeness`` are skipped while a non-busy one exists (busy filter). The two differ only in that
+  infaas never migrates (see :mod:`llumnix_dask.policy.migration`).
+* ``round_robin``: the instance that has received the fewest requests so far.
+* ``random``: uniformly at random (seeded by ``DispatchState.seed``).
+
+High-priority requests (``priorities_enabled``, llumnix/infaas only) go, after the busy filter, to the
+instance holding the *fewest high-priority requests*, ties broken by the highest freeness. Freeness
+already charges ``priority_headroom_blocks`` per high-priority request, so normal requests avoid the
+instances that hold high-priority ones; spreading high-priority requests one per instance keeps as many
+instances light as possible, which is what gives them small batches and fast decode.
+
+A terminating instance never receives a request (its freeness is ``-inf``; it is also filtered out
+explicitly, so it is never chosen even when it is the only instance left).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness
+from llumnix_dask.request import Priority
+
+
+class NoInstanceAvailable(RuntimeError):
+    """No instance can take a request (none registered, or every one is terminating)."""
+
+
+@dataclass(frozen=True)
+class DispatchDecision:
+    """The chosen instance and the numbers that decided it (for the dashboard and the explain API)."""
+
+    instance_id: str
+    reason: dict
+
+
+@dataclass
+class DispatchState:
+    """Mutable bookkeeping of the dispatcher, kept by the caller across calls.
+
+    ``dispatched`` counts requests placed per instance (round_robin); ``rng`` is a ``random.Random``
+    seeded with ``seed`` (random policy).
+    """
+
+    seed: int = 0
+    dispatched: dict[str, int] = field(default_factory=dict)
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def record(self, instance_id: str) -> None:
+        """Count one request placed on ``instance_id``. Call it after the request was really placed."""
+        self.dispatched[instance_id] = self.dispatched.get(instance_id, 0) + 1
+
+    def forget(self, instance_id: str) -> None:
+        """Drop the count of an instance that left the cluster."""
+        self.dispatched.pop(instance_id, None)
+
+
+def dispatch(
+    loads: Sequence[InstanceLoad], request: RequestLoad, config: PolicyConfig, state: DispatchState
+) -> DispatchDecision:
+    """Choose the instance for ``request``. Raises :class:`NoInstanceAvailable` if none can take it."""
+    candidates = [x for x in loads if not x.terminating]
+    if not candidates:
+        raise NoInstanceAvailable(
+            f"no instance can take request {request.request_id!r}: "
+            f"{len(loads)} instance(s), all terminating" if loads else "no instance is registered"
+        )
+    policy = config.dispatch
+    if policy == "round_robin":
+        # Fewest dispatched so far; ties go to the first in the given order (stable, deterministic).
+        chosen = min(candidates, key=lambda x: state.dispatched.get(x.instance_id, 0))
+        return DispatchDecision(
+            chosen.instance_id,
+            {"policy": policy, "dispatched_before": state.dispatched.get(chosen.instance_id, 0),
+             "candidates": len(candidates)},
+        )
+    if policy == "random":
+        chosen = candidates[state.rng.randrange(len(candidates))]
+        return DispatchDecision(chosen.instance_id, {"policy": policy, "candidates": len(candidates)})
+
+    # llumnix / infaas: freeness with the busy filter.
+    scored = [(freeness(x, config), x) for x in candidates]
+    not_busy = [s for s in scored if s[0] >= config.busy_freeness]
+    pool = not_busy or scored
+    high = config.priorities_enabled and request.priority >= Priority.HIGH
+    if high:
+        key = lambda s: (-s[1].num_high_priority, s[0])  # noqa: E731
+    else:
+        key = lambda s: s[0]  # noqa: E731
+    # max() keeps the first of equal keys, so ties go to the first instance in the given order.
+    best = max(pool, key=key)
+    runner_up = None
+    for s in pool:
+        if s[1] is not best[1] and (runner_up is None or key(s) > key(runner_up)):
+            runner_up = s
+    reason = {
+        "policy": policy,
+        "freeness": best[0],
+        "runner_up": runner_up[1].instance_id if runner_up else None,
+        "runner_up_freeness": runner_up[0] if runner_up else None,
+        "busy_filtered": len(scored) - len(not_busy) if not_busy else 0,
+        "all_busy": not not_busy,
+        "candidates": len(candidates),
+    }
+    if high:
+        reason["high_priority"] = True
+        reason["high_priority_on_instance"] = best[1].num_high_priority
+    return DispatchDecision(best[1].instance_id, reason)

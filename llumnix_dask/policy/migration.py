@@ -1,0 +1,116 @@
+"""Migration policy: which instances exchange load, and which request moves (Llumnix paper, 4.4).
+
+Pure code over :class:`InstanceLoad` snapshots. Every migration tick the global scheduler calls
+:func:`pair_instances`; for each pair the source picks a request with :func:`select_request`::
+
+    >>> from llumnix_dask.config import PolicyConfig
+    >>> busy = InstanceLoad.from_requests("a", 100, 95, running=(RequestLoad("x", 50, num_tokens=800),
+    ...                                                         RequestLoad("y", 45, num_tokens=700)))
+    >>> idle = InstanceLoad("b", 100, 0)
+    >>> [(p.src, p.dst) for p in pair_instances([busy, idle], PolicyConfig())]
+    [('a', 'b')]
+    >>> select_request(busy, idle, PolicyConfig()).request_id   # SR: the shortest one
+    'y'
+
+Pairing: sources are instances whose freeness is below ``migrate_out_freeness``, that hold preempted
+requests waiting for recompute, or that are terminating (being drained); destinations are instances
+whose freeness is above ``migrate_in_freeness``. The most loaded source is paired with the least loaded
+destination, the second with the second, and so on. An instance already in a migration is skipped: at
+most one migration per instance at a time. Nothing migrates when migration is disabled or the dispatch
+policy is one that never migrates (infaas, round_robin, random).
+
+Request selection (``request_selection``), over the source's requests that are not migrating and whose
+blocks fit in the destination's free blocks (queued requests have no KV: moving them is cheap, they
+count with their demand):
+
+* ``SR`` shortest request (fewest tokens) - least to copy, the default;
+* ``LR`` longest request (most tokens) - frees the most memory;
+* ``LCR`` last-come running request (latest arrival); falls back to the last queued one;
+* ``FCW`` first-come waiting request (the head of the queue, what de-fragmentation unblocks); falls
+  back to the shortest running one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness
+
+NON_MIGRATING_POLICIES = ("infaas", "round_robin", "random")
+
+
+@dataclass(frozen=True)
+class MigrationPair:
+    """Move one request from ``src`` to ``dst``; ``reason`` holds the freeness values that paired them."""
+
+    src: str
+    dst: str
+    reason: dict
+
+
+def pair_instances(loads: Sequence[InstanceLoad], config: PolicyConfig) -> list[MigrationPair]:
+    """Pair overloaded (or draining) instances with underloaded ones, most loaded with least loaded."""
+    if not config.migration_enabled or config.dispatch in NON_MIGRATING_POLICIES:
+        return []
+    sources: list[tuple[float, str, InstanceLoad]] = []
+    destinations: list[tuple[float, InstanceLoad]] = []
+    for load in loads:
+        if load.migrating:
+            continue
+        f = freeness(load, config)
+        if load.terminating:
+            if load.num_requests > 0:
+                sources.append((f, "terminating", load))
+        elif f < config.migrate_out_freeness and load.num_requests > 0:
+            sources.append((f, "low_freeness", load))
+        elif load.has_preempted:
+            sources.append((f, "preempted", load))
+        elif f > config.migrate_in_freeness:
+            destinations.append((f, load))
+    # Most loaded source first (terminating = -inf comes first); freest destination first.
+    sources.sort(key=lambda s: s[0])
+    destinations.sort(key=lambda d: -d[0])
+    pairs = []
+    for (sf, why, src), (df, dst) in zip(sources, destinations):
+        pairs.append(
+            MigrationPair(
+                src.instance_id,
+                dst.instance_id,
+                {
+                    "why": why,
+                    "src_freeness": sf,
+                    "dst_freeness": df,
+                    "migrate_out_freeness": config.migrate_out_freeness,
+                    "migrate_in_freeness": config.migrate_in_freeness,
+                },
+            )
+        )
+    return pairs
+
+
+def select_request(src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig) -> RequestLoad | None:
+    """The request to move from ``src`` to ``dst`` (None if nothing is eligible).
+
+    Needs ``src.running`` / ``src.waiting`` filled in (build it with ``InstanceLoad.from_requests``).
+    """
+    room = dst.free_blocks
+    running = [r for r in src.running if not r.migrating and r.blocks <= room]
+    waiting = [r for r in src.waiting if not r.migrating and r.blocks <= room]
+    rule = config.request_selection
+    if rule == "SR":
+        pool = running + waiting
+        # Ties: the earlier-arrived one (it has waited longest on the overloaded instance).
+        return min(pool, key=lambda r: (r.num_tokens, r.arrival_time)) if pool else None
+    if rule == "LR":
+        pool = running + waiting
+        return max(pool, key=lambda r: (r.num_tokens, -r.arrival_time)) if pool else None
+    if rule == "LCR":
+        if running:
+            return max(running, key=lambda r: r.arrival_time)
+        return waiting[-1] if waiting else None
+    # FCW
+    if waiting:
+        return waiting[0]
+    return min(running, key=lambda r: (r.num_tokens, r.arrival_time)) if running else None

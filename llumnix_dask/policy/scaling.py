@@ -1,0 +1,86 @@
+"""Auto-scaling: keep the cluster's average freeness inside the band [x, y] (Llumnix paper, 4.4).
+
+Pure code. The caller keeps a :class:`ScalingState` and calls :func:`scaling_decision` every scaling
+tick::
+
+    >>> from llumnix_dask.config import PolicyConfig
+    >>> cfg = PolicyConfig(scaling_enabled=True, scaling_patience_s=0)
+    >>> full = [InstanceLoad("a", 100, 100, num_running=10, running_blocks=100)]
+    >>> scaling_decision(full, cfg, now=0.0, state=ScalingState()).action
+    'up'
+
+* average freeness (over non-terminating instances) below ``scale_up_freeness`` (x) for at least
+  ``scaling_patience_s``, and fewer than ``max_instances`` -> ``"up"``;
+* above ``scale_down_freeness`` (y) for that long, more than ``min_instances`` and no drain already under
+  way -> ``"down"`` with the instance to drain: the one holding the fewest requests (least to migrate
+  away), ties broken by the highest freeness;
+* otherwise ``"none"``.
+
+Instances that are starting up should be passed in as empty loads: they count towards the average
+(what the cluster will look like once they serve), which keeps one burst from triggering several
+scale-ups in a row. After an action the patience clock restarts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad, average_freeness, freeness
+
+
+@dataclass(frozen=True)
+class ScalingDecision:
+    """``action`` is ``"none"``, ``"up"`` or ``"down"``; ``instance_id`` is the instance to drain on down."""
+
+    action: str
+    instance_id: str | None
+    reason: dict
+
+
+@dataclass
+class ScalingState:
+    """Since when (``since``) the average freeness has been outside the band, and on which side."""
+
+    direction: str | None = None  # "up" (below x) or "down" (above y)
+    since: float | None = None
+
+
+def scaling_decision(
+    loads: Sequence[InstanceLoad], config: PolicyConfig, now: float, state: ScalingState
+) -> ScalingDecision:
+    """Decide whether to add an instance, drain one, or do nothing."""
+    active = [x for x in loads if not x.terminating]
+    draining = len(loads) - len(active)
+    avg = average_freeness(active, config)
+    reason = {
+        "average_freeness": avg,
+        "band": [config.scale_up_freeness, config.scale_down_freeness],
+        "instances": len(active),
+        "draining": draining,
+    }
+    if not config.scaling_enabled:
+        state.direction, state.since = None, None
+        return ScalingDecision("none", None, {**reason, "why": "scaling disabled"})
+
+    if avg < config.scale_up_freeness and len(active) < config.max_instances:
+        direction = "up"
+    elif avg > config.scale_down_freeness and len(active) > config.min_instances and draining == 0:
+        direction = "down"
+    else:
+        state.direction, state.since = None, None
+        return ScalingDecision("none", None, {**reason, "why": "inside band or at a limit"})
+
+    if state.direction != direction:
+        state.direction, state.since = direction, now
+    waited = now - (state.since if state.since is not None else now)
+    reason["outside_band_s"] = waited
+    if waited < config.scaling_patience_s:
+        return ScalingDecision("none", None, {**reason, "why": f"waiting to scale {direction}"})
+    state.direction, state.since = None, None  # restart the patience clock after acting
+    if direction == "up":
+        return ScalingDecision("up", None, {**reason, "why": "average freeness below x"})
+    victim = min(active, key=lambda x: (x.num_requests, -freeness(x, config)))
+    reason["drain_requests"] = victim.num_requests
+    return ScalingDecision("down", victim.instance_id, {**reason, "why": "average freeness above y"})

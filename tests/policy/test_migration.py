@@ -1,0 +1,80 @@
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad
+from llumnix_dask.policy.migration import pair_instances, select_request
+
+
+def inst(iid, total, running_blocks, n, **kw):
+    return InstanceLoad(iid, total, running_blocks, num_running=n, running_blocks=running_blocks, **kw)
+
+
+CFG = PolicyConfig(migrate_out_freeness=10, migrate_in_freeness=60)
+
+
+def test_pairs_most_loaded_with_least_loaded():
+    loads = [
+        inst("s1", 100, 95, 2),  # F = 2.5
+        inst("s2", 100, 84, 2),  # F = 8
+        inst("mid", 100, 60, 2),  # F = 20: neither
+        inst("d1", 1000, 300, 7),  # F = 100
+        inst("d2", 1000, 0, 0),  # F = 1000
+        inst("d3", 1000, 650, 5),  # F = 70
+    ]
+    pairs = pair_instances(loads, CFG)
+    assert [(p.src, p.dst) for p in pairs] == [("s1", "d2"), ("s2", "d1")]
+    assert pairs[0].reason["src_freeness"] == 2.5 and pairs[0].reason["dst_freeness"] == 1000
+
+
+def test_no_migration_for_baselines_or_when_disabled():
+    loads = [inst("s", 100, 95, 2), inst("d", 1000, 0, 0)]
+    assert pair_instances(loads, CFG) != []
+    for policy in ("infaas", "round_robin", "random"):
+        assert pair_instances(loads, PolicyConfig(dispatch=policy)) == []
+    assert pair_instances(loads, PolicyConfig(migration_enabled=False)) == []
+
+
+def test_one_migration_per_instance_at_a_time():
+    loads = [inst("s", 100, 95, 2, migrating=True), inst("s2", 100, 96, 2), inst("d", 1000, 0, 0, migrating=True),
+             inst("d2", 1000, 0, 0)]
+    assert [(p.src, p.dst) for p in pair_instances(loads, CFG)] == [("s2", "d2")]
+
+
+def test_terminating_and_preempted_instances_are_sources():
+    term = inst("t", 1000, 10, 1, terminating=True)
+    empty_term = InstanceLoad("e", 1000, 0, terminating=True)
+    pre = InstanceLoad.from_requests("p", 1000, 0, waiting=(RequestLoad("q", 5, preempted=True),))  # F = 995
+    dsts = [inst("d1", 1000, 0, 0), inst("d2", 1000, 100, 1)]
+    pairs = pair_instances([pre, empty_term, term, *dsts], CFG)
+    assert [(p.src, p.dst, p.reason["why"]) for p in pairs] == [("t", "d1", "terminating"), ("p", "d2", "preempted")]
+
+
+RUN = (
+    RequestLoad("long", 40, num_tokens=620, arrival_time=1.0),
+    RequestLoad("short", 5, num_tokens=70, arrival_time=3.0),
+    RequestLoad("late", 20, num_tokens=300, arrival_time=5.0),
+)
+WAIT = (RequestLoad("q1", 30, num_tokens=480, arrival_time=6.0), RequestLoad("q2", 2, num_tokens=20, arrival_time=7.0))
+SRC = InstanceLoad.from_requests("s", 100, 65, running=RUN, waiting=WAIT)
+DST = InstanceLoad("d", 1000, 0)
+
+
+def pick(rule, src=SRC, dst=DST):
+    r = select_request(src, dst, PolicyConfig(request_selection=rule))
+    return None if r is None else r.request_id
+
+
+def test_request_selection_rules():
+    assert pick("SR") == "q2"  # fewest tokens, queued requests are eligible
+    assert pick("LR") == "long"
+    assert pick("LCR") == "late"
+    assert pick("FCW") == "q1"
+
+
+def test_selection_skips_migrating_and_requests_that_do_not_fit():
+    migrating = tuple(RequestLoad(r.request_id, r.blocks, num_tokens=r.num_tokens, arrival_time=r.arrival_time,
+                                  migrating=r.request_id == "q2") for r in RUN + WAIT)
+    src = InstanceLoad.from_requests("s", 100, 65, running=migrating[:3], waiting=migrating[3:])
+    assert pick("SR", src) == "short"
+    small_dst = InstanceLoad("d", 100, 75)  # 25 free blocks: "long" (40) and "q1" (30) do not fit
+    assert pick("LR", src, small_dst) == "late"
+    assert pick("FCW", src, small_dst) == "short"  # no fitting queued request -> shortest running
+    assert pick("SR", InstanceLoad("s", 100, 0), DST) is None

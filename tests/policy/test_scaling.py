@@ -1,0 +1,60 @@
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad
+from llumnix_dask.policy.scaling import ScalingState, scaling_decision
+
+
+def inst(iid, total, running_blocks, n, **kw):
+    return InstanceLoad(iid, total, running_blocks, num_running=n, running_blocks=running_blocks, **kw)
+
+
+CFG = PolicyConfig(scaling_enabled=True, scale_up_freeness=25, scale_down_freeness=75, scaling_patience_s=10,
+                   min_instances=1, max_instances=3)
+
+
+def test_scale_up_after_patience():
+    loads = [inst("a", 100, 90, 2), inst("b", 100, 80, 2)]  # F = 5, 10 -> avg 7.5 < 25
+    state = ScalingState()
+    assert scaling_decision(loads, CFG, 0.0, state).action == "none"
+    d = scaling_decision(loads, CFG, 5.0, state)
+    assert d.action == "none" and d.reason["outside_band_s"] == 5.0
+    d = scaling_decision(loads, CFG, 10.0, state)
+    assert d.action == "up" and d.reason["average_freeness"] == 7.5
+    # The clock restarts after an action.
+    assert scaling_decision(loads, CFG, 11.0, state).action == "none"
+
+
+def test_back_inside_band_resets_clock():
+    hot = [inst("a", 100, 90, 2)]
+    ok = [inst("a", 100, 0, 2)]  # F = 50
+    state = ScalingState()
+    scaling_decision(hot, CFG, 0.0, state)
+    scaling_decision(ok, CFG, 8.0, state)
+    assert scaling_decision(hot, CFG, 12.0, state).action == "none"
+    assert scaling_decision(hot, CFG, 22.0, state).action == "up"
+
+
+def test_no_scale_up_at_max_instances():
+    loads = [inst(k, 100, 90, 2) for k in "abc"]
+    cfg = PolicyConfig(scaling_enabled=True, scaling_patience_s=0, max_instances=3)
+    assert scaling_decision(loads, cfg, 0.0, ScalingState()).action == "none"
+
+
+def test_scale_down_drains_instance_with_fewest_requests():
+    loads = [inst("a", 1000, 100, 5), inst("b", 1000, 300, 1), inst("c", 1000, 0, 1)]  # F = 180, 700, 1000
+    cfg = PolicyConfig(scaling_enabled=True, scaling_patience_s=0)
+    d = scaling_decision(loads, cfg, 0.0, ScalingState())
+    # b and c hold one request each; c is the freer of the two.
+    assert (d.action, d.instance_id) == ("down", "c")
+
+
+def test_no_scale_down_at_min_or_while_draining():
+    cfg = PolicyConfig(scaling_enabled=True, scaling_patience_s=0, min_instances=1)
+    assert scaling_decision([InstanceLoad("a", 1000, 0)], cfg, 0.0, ScalingState()).action == "none"
+    loads = [InstanceLoad("a", 1000, 0), InstanceLoad("b", 1000, 0), inst("t", 1000, 5, 1, terminating=True)]
+    d = scaling_decision(loads, cfg, 0.0, ScalingState())
+    assert d.action == "none" and d.reason["draining"] == 1 and d.reason["instances"] == 2
+
+
+def test_disabled_scaling_never_acts():
+    loads = [inst("a", 100, 99, 5)]
+    assert scaling_decision(loads, PolicyConfig(scaling_patience_s=0), 0.0, ScalingState()).action == "none"
