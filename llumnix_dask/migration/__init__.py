@@ -1,1 +1,41 @@
-"""llumnix_dask.migration"""
+"""Live migration of running requests between engine instances (Llumnix paper, section 4.3).
+
+* :func:`migrate_out` - the source's multi-stage state machine (``protocol.py``)
+* :class:`MigrationDestination` - the destination's sessions, pre-allocations and expiry (``destination.py``)
+* endpoints the source talks through: :class:`InProcessEndpoint`, :class:`DaskEndpoint`
+  (+ :func:`register_migration_handlers` on the destination worker) and ``nccl.NcclEndpoint`` (GPU)
+* ``kernels`` - gather / scatter of KV blocks to and from a contiguous staging buffer
+"""
+
+from llumnix_dask.migration.destination import MigrationDestination, UnknownMigration
+from llumnix_dask.migration.protocol import (
+    DestinationEndpoint,
+    MigrationResult,
+    StageRecord,
+    migrate_out,
+    new_migration_id,
+)
+from llumnix_dask.migration.transport import (
+    DaskEndpoint,
+    InProcessEndpoint,
+    register_migration_handlers,
+    unregister_migration_handlers,
+)
+
+# The name the cluster's worker plugin looks up.
+DaskDestinationEndpoint = DaskEndpoint
+
+__all__ = [
+    "DaskDestinationEndpoint",
+    "DaskEndpoint",
+    "DestinationEndpoint",
+    "InProcessEndpoint",
+    "MigrationDestination",
+    "MigrationResult",
+    "StageRecord",
+    "UnknownMigration",
+    "migrate_out",
+    "new_migration_id",
+    "register_migration_handlers",
+    "unregister_migration_handlers",
+]

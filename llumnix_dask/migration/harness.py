@@ -1,0 +1,114 @@
+"""An engine in its own step-loop thread, recording every request's token stream.
+
+The smallest host for migration experiments without the full cluster (tests, benchmarks, notebooks);
+the llumlet (``llumnix_dask.workers``) is the production host. Tokens are recorded per request id in
+step order, so the stream a client would see across a migration is the source runner's tokens followed
+by the destination runner's::
+
+    runner = EngineRunner(engine)
+    runner.add(request)
+    runner.wait_for(lambda: len(runner.tokens(request.request_id)) >= 5, timeout=10)
+    ...
+    runner.stop()
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from llumnix_dask.engine.base import EngineBackend, StepOutput
+from llumnix_dask.request import Request
+
+
+class EngineRunner:
+    """Steps ``engine`` in a daemon thread while it has work; thread-safe accessors for the outputs."""
+
+    def __init__(self, engine: EngineBackend, *, on_step: Callable[[float, list[StepOutput]], None] | None = None):
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._tokens: dict[str, list[int]] = {}
+        self._finished: dict[str, str | None] = {}
+        self._stop = False
+        self._paused = False
+        self.error: BaseException | None = None
+        self.step_times: list[tuple[float, float, int]] = []  # (start, seconds, batch size) per step
+        self._on_step = on_step
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{engine.instance_id}", daemon=True)
+        self._thread.start()
+
+    # -- control ---------------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        self.engine.add_request(request)
+        self.wake()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def hold(self) -> None:
+        """Stop stepping after the current step (the engine keeps its requests)."""
+        with self._cond:
+            self._paused = True
+
+    def release_hold(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def tokens(self, request_id: str) -> list[int]:
+        with self._cond:
+            return list(self._tokens.get(request_id, ()))
+
+    def finished(self, request_id: str) -> bool:
+        with self._cond:
+            return request_id in self._finished
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` holds (re-checked after every step); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                if self.error is not None:
+                    raise RuntimeError(f"engine {self.engine.instance_id} step loop failed") from self.error
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Predicates may read other runners too: wake up now and then to re-check.
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    # -- loop ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (self._paused or not self.engine.has_work()):
+                    self._cond.wait(0.05)  # a migrated-in request arrives without add(): poll has_work
+                if self._stop:
+                    return
+            start = time.perf_counter()
+            try:
+                outs = self.engine.step()
+            except BaseException as exc:  # noqa: BLE001 - surfaced by wait_for
+                with self._cond:
+                    self.error = exc
+                    self._cond.notify_all()
+                return
+            seconds = time.perf_counter() - start
+            with self._cond:
+                self.step_times.append((start, seconds, len(outs)))
+                for out in outs:
+                    self._tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+                    if out.finished:
+                        self._finished[out.request_id] = out.finish_reason
+                self._cond.notify_all()
+            if self._on_step is not None:
+                self._on_step(start, outs)

@@ -1,0 +1,349 @@
+"""Multi-stage live migration of one request, source side (Llumnix paper, section 4.3).
+
+Stage k copies the KV blocks the request *completed* since stage k-1 while it keeps decoding on the
+source (a full block never changes again). When the rest is small (<= ``last_stage_max_blocks``,
+the partial last block included) or stage ``max_stages`` is reached, the source pauses that request
+only, copies the rest and asks the destination to commit; decoding resumes there and the source
+forgets the request. The downtime is the pause alone, so it stays flat as sequences grow.
+``max_stages=1`` is the blocking copy (stop, copy everything, resume elsewhere).
+
+Every stage is a handshake: the destination pre-allocates the stage's blocks or refuses (it keeps a
+watermark of free blocks on the first stage). Whatever goes wrong, exactly one instance keeps the
+request and no pre-allocated block leaks:
+
+* destination refuses (out of blocks)        -> source keeps decoding it, outcome ``refused``
+* request finishes / is aborted / preempted  -> destination frees, ``aborted:finished`` ...
+* destination errors, is dead or silent      -> source resumes it, ``aborted:dst-error`` / ``dst-timeout``
+* source dies                                -> destination frees after ``dst_timeout_s`` (destination.py)
+
+A queued request (never started, no KV) simply moves to the destination's queue, in arrival order.
+
+Example (in one process; see transport.py for the Dask and NCCL endpoints)::
+
+    dst = MigrationDestination(engine_b, config)
+    result = await migrate_out(engine_a, "req-1", InProcessEndpoint(dst), config)
+    result.outcome, result.downtime_s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
+
+from llumnix_dask.config import MigrationConfig
+from llumnix_dask.engine.base import EngineBackend, MigrationState
+from llumnix_dask.request import Request, RequestStatus
+
+T = TypeVar("T")
+
+COMMITTED = "committed"
+REFUSED = "refused"
+
+
+@runtime_checkable
+class DestinationEndpoint(Protocol):
+    """The source's view of one destination instance; every call may raise or hang (dead peer).
+
+    Implementations: ``InProcessEndpoint`` (tests), ``DaskEndpoint`` (worker to worker over Dask comm)
+    and ``NcclEndpoint`` (GPU to GPU), all in ``llumnix_dask.migration.transport`` / ``.nccl``.
+    """
+
+    name: str
+
+    async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
+        """Pre-allocate ``num_blocks`` more blocks for this migration; False = refused."""
+
+    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
+        """Deliver ``export_blocks`` of ``num_blocks`` blocks into reserved blocks ``start, start+1, ...``."""
+
+    async def commit(self, migration_id: str, state: MigrationState) -> None:
+        """The destination adopts the request; it decodes on there from now on."""
+
+    async def abort(self, migration_id: str, reason: str) -> None:
+        """Free everything reserved for this migration (undo a commit whose ack was lost)."""
+
+    async def enqueue(self, migration_id: str, request: Request) -> bool:
+        """Queue a never-started request on the destination; False = refused."""
+
+
+@dataclass
+class StageRecord:
+    """One handshake + copy round of a migration."""
+
+    index: int  # 1-based
+    blocks: int
+    bytes: int
+    seconds: float
+    paused: bool  # the last stage, copied while the request was out of the batch
+
+
+@dataclass
+class MigrationResult:
+    """What happened to one migration attempt (also logged by the llumlet and the dashboard)."""
+
+    migration_id: str
+    request_id: str
+    src: str
+    dst: str
+    outcome: str  # "committed", "refused" or "aborted:<why>"
+    ok: bool = False  # outcome == "committed" (a plain field, so it survives asdict / msgpack)
+    stages: list[StageRecord] = field(default_factory=list)
+    downtime_s: float = 0.0  # the pause: from taking the request out of the batch to the commit ack
+    total_s: float = 0.0
+    num_kv_tokens: int = 0
+    queued: bool = False  # a never-started request moved between queues (no KV)
+
+    @property
+    def committed(self) -> bool:
+        return self.outcome == COMMITTED
+
+    @property
+    def blocks(self) -> int:
+        return sum(s.blocks for s in self.stages)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MigrationAborted(Exception):
+    """Internal: ends the state machine with outcome ``aborted:<reason>``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_migration_id() -> str:
+    return f"mig-{uuid.uuid4().hex[:12]}"
+
+
+async def migrate_out(
+    engine: EngineBackend,
+    request_id: str,
+    dst: DestinationEndpoint,
+    config: MigrationConfig,
+    *,
+    migration_id: str | None = None,
+) -> MigrationResult:
+    """Move ``request_id`` from ``engine`` to ``dst``, live; never raises for a failed migration.
+
+    Runs on an asyncio loop (the Dask worker's) while the engine keeps stepping in its own thread;
+    block copies run in worker threads so the loop stays responsive.
+    """
+    mid = migration_id or new_migration_id()
+    result = MigrationResult(mid, request_id, getattr(engine, "instance_id", "?"), dst.name, "")
+    started = time.perf_counter()
+    request = engine.get_request(request_id)
+    try:
+        if request is None:
+            raise MigrationAborted("not-found")
+        if request.status is RequestStatus.WAITING:
+            result.queued = True
+            await _migrate_queued(engine, request_id, dst, config, mid)
+        else:
+            await _migrate_running(engine, request, dst, config, result)
+        result.outcome = COMMITTED
+        result.ok = True
+    except _Refused:
+        result.outcome = REFUSED
+    except MigrationAborted as exc:
+        result.outcome = f"aborted:{exc.reason}"
+    except Exception as exc:  # noqa: BLE001 - an engine error must not kill the caller's loop
+        result.outcome = f"aborted:error:{type(exc).__name__}: {exc}"
+    result.total_s = time.perf_counter() - started
+    return result
+
+
+class _Refused(Exception):
+    pass
+
+
+async def _call(config: MigrationConfig, what: str, awaitable: Awaitable[T]) -> T:
+    """Await a destination call; a silent or failing destination becomes an abort reason."""
+    try:
+        return await asyncio.wait_for(awaitable, config.stage_timeout_s)
+    except asyncio.TimeoutError:
+        raise MigrationAborted("dst-timeout") from None
+    except MigrationAborted:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any transport / remote error means the destination failed
+        raise MigrationAborted(f"dst-error:{what}:{type(exc).__name__}") from exc
+
+
+async def _tell_abort(dst: DestinationEndpoint, mid: str, reason: str, config: MigrationConfig) -> None:
+    # Best effort: a dead destination cannot be told, and frees by itself after dst_timeout_s.
+    try:
+        await asyncio.wait_for(dst.abort(mid, reason), config.stage_timeout_s)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+async def _migrate_queued(
+    engine: EngineBackend, request_id: str, dst: DestinationEndpoint, config: MigrationConfig, mid: str
+) -> None:
+    try:
+        request = engine.take_waiting(request_id)
+    except (KeyError, ValueError, RuntimeError):
+        raise MigrationAborted("not-waiting") from None
+    try:
+        accepted = await _call(config, "enqueue", dst.enqueue(mid, request))
+    except MigrationAborted:
+        engine.add_request(request)  # back into our queue, at its arrival-time place
+        raise
+    if not accepted:
+        engine.add_request(request)
+        raise _Refused()
+    request.num_migrations += 1
+
+
+def _check_running(engine: EngineBackend, request: Request, preemptions: int) -> None:
+    """Abort if the request left the batch since the migration started (its blocks may be gone)."""
+    live = engine.get_request(request.request_id)
+    if live is None or live.status.done:
+        raise MigrationAborted("finished" if live is None or live.status is RequestStatus.FINISHED else "aborted")
+    if live.num_preemptions != preemptions or live.status is not RequestStatus.RUNNING:
+        raise MigrationAborted("preempted")
+
+
+async def _migrate_running(
+    engine: EngineBackend,
+    request: Request,
+    dst: DestinationEndpoint,
+    config: MigrationConfig,
+    result: MigrationResult,
+) -> None:
+    rid, mid = request.request_id, result.migration_id
+    if request.status is not RequestStatus.RUNNING:
+        raise MigrationAborted("preempted" if request.status is RequestStatus.WAITING else "not-running")
+    preemptions = request.num_preemptions
+    bs = engine.block_size
+    sent = 0  # blocks already on the destination, a prefix of the request's block table
+    reserved = False
+    paused = False
+    try:
+        for stage in range(1, config.max_stages + 1):
+            stage_start = time.perf_counter()
+            num_kv = engine.num_kv_tokens(rid)
+            try:
+                table = engine.request_blocks(rid)
+            except KeyError:
+                _check_running(engine, request, preemptions)
+                raise MigrationAborted("not-running") from None
+            full = min(num_kv // bs, len(table))
+            rest = math.ceil(num_kv / bs) - sent
+            if stage < config.max_stages and rest > config.last_stage_max_blocks:
+                # Live stage: the blocks completed since the previous stage, the request keeps decoding.
+                ids = table[sent:full]
+                if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
+                    raise _Refused() if stage == 1 else MigrationAborted("dst-out-of-blocks")
+                reserved = True
+                nbytes = await _send_range(engine, dst, mid, ids, sent, config)
+                _check_running(engine, request, preemptions)
+                sent += len(ids)
+                result.stages.append(StageRecord(stage, len(ids), nbytes, time.perf_counter() - stage_start, False))
+                continue
+            # Last stage: pause only this request, send the rest, commit.
+            _check_running(engine, request, preemptions)
+            pause_start = time.perf_counter()
+            try:
+                state = engine.pause(rid)
+            except (KeyError, ValueError, RuntimeError):
+                _check_running(engine, request, preemptions)
+                raise MigrationAborted("pause-failed") from None
+            paused = True
+            ids = state.block_ids[sent : math.ceil(state.num_kv_tokens / bs)]
+            if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
+                raise _Refused() if stage == 1 else MigrationAborted("dst-out-of-blocks")
+            reserved = True
+            nbytes = await _send_range(engine, dst, mid, ids, sent, config)
+            live = engine.get_request(rid)
+            if live is None or live.status is not RequestStatus.MIGRATING:
+                raise MigrationAborted("aborted")  # aborted by the client while paused
+            await _call(config, "commit", dst.commit(mid, state))
+            result.num_kv_tokens = state.num_kv_tokens
+            try:
+                engine.release(rid)
+            except (KeyError, ValueError, RuntimeError):
+                # Aborted on the source during the commit round trip: undo the destination's copy too.
+                paused = False
+                raise MigrationAborted("aborted") from None
+            paused = False
+            request.num_migrations += 1
+            result.downtime_s = time.perf_counter() - pause_start
+            result.stages.append(StageRecord(stage, len(ids), nbytes, time.perf_counter() - stage_start, True))
+            return
+    except BaseException as exc:  # cancellation and engine errors too: never leave the request paused
+        if paused:
+            try:
+                engine.resume(rid)
+            except (KeyError, ValueError, RuntimeError):
+                pass  # finished or aborted while paused: nothing to resume
+        if reserved or not isinstance(exc, _Refused):
+            reason = exc.reason if isinstance(exc, MigrationAborted) else f"{REFUSED if isinstance(exc, _Refused) else 'error'}"
+            await _tell_abort(dst, mid, reason, config)
+        raise
+
+
+def chunk_blocks(block_nbytes: int, config: MigrationConfig) -> int:
+    """Blocks per transport message: the fewest that reach ``min_chunk_bytes`` (per-message cost amortised),
+    at least ``staging_buffer_blocks``."""
+    return max(config.staging_buffer_blocks, math.ceil(config.min_chunk_bytes / max(block_nbytes, 1)))
+
+
+def _nbytes(buffer: Any) -> int:
+    return int(buffer.numel() * buffer.element_size()) if hasattr(buffer, "element_size") else len(buffer)
+
+
+def block_nbytes(engine: EngineBackend) -> int:
+    """Bytes of one KV block of ``engine`` (its ``block_nbytes`` attribute, else measured once)."""
+    value = getattr(engine, "block_nbytes", None)
+    if isinstance(value, int) and value > 0:
+        return value
+    cached = _BLOCK_NBYTES.get(id(engine))
+    if cached is None:
+        cached = _nbytes(engine.export_blocks([0]))
+        _BLOCK_NBYTES[id(engine)] = cached
+    return cached
+
+
+_BLOCK_NBYTES: dict[int, int] = {}
+
+
+async def _send_range(
+    engine: EngineBackend,
+    dst: DestinationEndpoint,
+    mid: str,
+    ids: Sequence[int],
+    start: int,
+    config: MigrationConfig,
+) -> int:
+    """Export ``ids`` in chunks and send them; the next chunk is gathered while the previous one is sent."""
+    if not ids:
+        return 0
+    export: Callable[[Sequence[int]], Any] = engine.export_blocks
+    step = chunk_blocks(await asyncio.to_thread(block_nbytes, engine), config)
+    chunks = [list(ids[i : i + step]) for i in range(0, len(ids), step)]
+    total = 0
+    pending: asyncio.Future = asyncio.ensure_future(asyncio.to_thread(export, chunks[0]))
+    try:
+        for k, chunk in enumerate(chunks):
+            try:
+                buffer = await pending
+            except Exception as exc:  # noqa: BLE001
+                raise MigrationAborted(f"export-failed:{type(exc).__name__}") from exc
+            if k + 1 < len(chunks):
+                pending = asyncio.ensure_future(asyncio.to_thread(export, chunks[k + 1]))
+            await _call(config, "send", dst.send_blocks(mid, start + k * step, len(chunk), buffer))
+            total += _nbytes(buffer)
+    finally:
+        if not pending.done():
+            pending.cancel()
+    return total

@@ -1,0 +1,173 @@
+"""Ways for a migration source to reach its destination (implementations of ``DestinationEndpoint``).
+
+* :class:`InProcessEndpoint` - both engines in one process (unit tests, notebooks). The state is
+  pickled on the way, as over a wire, so nothing is shared by accident.
+* :class:`DaskEndpoint` - worker to worker over Dask comm. The destination worker serves the handlers
+  installed by :func:`register_migration_handlers`; each staging buffer travels as one message whose
+  payload is wrapped in ``to_serialize`` so it goes out as a raw frame (no pickling, no copy into the
+  message), and it is scattered into the pre-allocated blocks on arrival.
+* ``NcclEndpoint`` (``llumnix_dask.migration.nccl``) - GPU to GPU with cupy NCCL send/recv; control
+  messages still go over the Dask handlers below.
+
+Wiring on a Dask worker (the llumlet does this)::
+
+    destination = MigrationDestination(engine, config)
+    register_migration_handlers(worker, destination)
+    ...
+    # on the source worker, in its event loop:
+    result = await migrate_out(engine, rid, DaskEndpoint(dst_address, worker.rpc), config)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from llumnix_dask.engine.base import MigrationState
+from llumnix_dask.migration.destination import MigrationDestination
+from llumnix_dask.request import Request
+
+HANDLER_PREFIX = "llumnix_migration_"
+HANDLER_NAMES = ("reserve", "blocks", "commit", "abort", "enqueue")
+
+
+class InProcessEndpoint:
+    """A destination in this process; copies run in a worker thread like they would remotely."""
+
+    def __init__(self, destination: MigrationDestination, name: str | None = None):
+        self.destination = destination
+        self.name = name or destination.name
+
+    async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
+        return await asyncio.to_thread(self.destination.reserve, migration_id, request_id, num_blocks)
+
+    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
+        await asyncio.to_thread(self.destination.receive_blocks, migration_id, start, num_blocks, buffer)
+
+    async def commit(self, migration_id: str, state: MigrationState) -> None:
+        state = pickle.loads(pickle.dumps(state))  # the destination must own its copy, as over a wire
+        await asyncio.to_thread(self.destination.commit, migration_id, state)
+
+    async def abort(self, migration_id: str, reason: str) -> None:
+        await asyncio.to_thread(self.destination.abort, migration_id, reason)
+
+    async def enqueue(self, migration_id: str, request: Request) -> bool:
+        request = pickle.loads(pickle.dumps(request))
+        return await asyncio.to_thread(self.destination.enqueue, migration_id, request)
+
+
+# -- buffers on the wire -------------------------------------------------------------------------------
+def encode_buffer(buffer: torch.Tensor) -> dict[str, Any]:
+    """A staging buffer as a message part: its bytes as one zero-copy frame plus dtype and shape."""
+    from distributed.protocol import to_serialize
+
+    if not isinstance(buffer, torch.Tensor):
+        raise TypeError(f"buffer: expected a torch tensor from export_blocks, got {type(buffer).__name__}")
+    flat = buffer.detach().contiguous()
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    raw = flat.reshape(-1).view(torch.uint8).numpy()  # bfloat16 has no numpy dtype; bytes always do
+    return {"dtype": str(flat.dtype).removeprefix("torch."), "shape": list(flat.shape), "data": to_serialize(raw)}
+
+
+def decode_buffer(message: dict[str, Any]) -> torch.Tensor:
+    """Inverse of :func:`encode_buffer`, viewing the received frame without copying it."""
+    raw = np.asarray(message["data"], dtype=np.uint8)
+    with warnings.catch_warnings():
+        # A read-only frame: the engine only reads it (scatter copies out of it).
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.from_numpy(raw)
+    return flat.view(getattr(torch, message["dtype"])).reshape(message["shape"])
+
+
+def _wire(obj: Any) -> Any:
+    from distributed.protocol import to_serialize
+
+    return to_serialize(obj)
+
+
+class DaskEndpoint:
+    """A destination on another Dask worker, reached through that worker's comm server.
+
+    ``rpc`` is a ``distributed.core.ConnectionPool`` (``worker.rpc`` on a worker, ``client.rpc`` on a
+    client) so connections are reused between stages and migrations.
+    """
+
+    def __init__(self, address: str, rpc: Any, name: str | None = None):
+        self.address = address
+        self.rpc = rpc
+        self.name = name or address
+
+    def _remote(self) -> Any:
+        return self.rpc(self.address)
+
+    async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
+        return bool(
+            await self._remote().llumnix_migration_reserve(
+                migration_id=migration_id, request_id=request_id, num_blocks=num_blocks
+            )
+        )
+
+    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
+        encoded = await asyncio.to_thread(encode_buffer, buffer)  # a GPU buffer is copied to host first
+        await self._remote().llumnix_migration_blocks(
+            migration_id=migration_id, start=start, num_blocks=num_blocks, buffer=encoded
+        )
+
+    async def commit(self, migration_id: str, state: MigrationState) -> None:
+        await self._remote().llumnix_migration_commit(migration_id=migration_id, state=_wire(state))
+
+    async def abort(self, migration_id: str, reason: str) -> None:
+        await self._remote().llumnix_migration_abort(migration_id=migration_id, reason=reason)
+
+    async def enqueue(self, migration_id: str, request: Request) -> bool:
+        return bool(
+            await self._remote().llumnix_migration_enqueue(migration_id=migration_id, request=_wire(request))
+        )
+
+
+def register_migration_handlers(worker: Any, destination: MigrationDestination, *, reaper: bool = True) -> None:
+    """Serve ``destination`` on ``worker``'s comm server (``worker.handlers['llumnix_migration_*']``).
+
+    Every handler runs the engine call in a thread: the engine's lock may be held for a whole step and
+    the worker's event loop must keep serving heartbeats and token streams meanwhile. With ``reaper``
+    a daemon thread frees pre-allocations whose source went silent (``dst_timeout_s``).
+    """
+
+    async def reserve(migration_id: str, request_id: str, num_blocks: int) -> bool:
+        return await asyncio.to_thread(destination.reserve, migration_id, request_id, int(num_blocks))
+
+    async def blocks(migration_id: str, start: int, num_blocks: int, buffer: dict) -> None:
+        tensor = decode_buffer(buffer)
+        await asyncio.to_thread(destination.receive_blocks, migration_id, int(start), int(num_blocks), tensor)
+
+    async def commit(migration_id: str, state: MigrationState) -> None:
+        await asyncio.to_thread(destination.commit, migration_id, state)
+
+    async def abort(migration_id: str, reason: str = "") -> bool:
+        return await asyncio.to_thread(destination.abort, migration_id, reason)
+
+    async def enqueue(migration_id: str, request: Request) -> bool:
+        return await asyncio.to_thread(destination.enqueue, migration_id, request)
+
+    for name, handler in zip(HANDLER_NAMES, (reserve, blocks, commit, abort, enqueue)):
+        handler.__name__ = HANDLER_PREFIX + name
+        worker.handlers[HANDLER_PREFIX + name] = handler
+    worker._llumnix_migration_destination = destination  # for the NCCL handlers and introspection
+    if reaper:
+        destination.start_reaper()
+
+
+def unregister_migration_handlers(worker: Any) -> None:
+    """Remove the handlers and free every pre-allocation (the instance is shutting down)."""
+    for name in HANDLER_NAMES:
+        worker.handlers.pop(HANDLER_PREFIX + name, None)
+    destination = getattr(worker, "_llumnix_migration_destination", None)
+    if destination is not None:
+        destination.close()
+        worker._llumnix_migration_destination = None
