@@ -157,6 +157,50 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class TinyModelConfig:
+    """Shape of a random-weight Llama checkpoint written by ``llumnix-dask make-tiny-model``.
+
+    The defaults are the built-in model used when ``EngineConfig.model`` is None: a real (if untrained)
+    transformer of ~3M parameters, small enough for fast CPU tests.
+    """
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 688
+    vocab_size: int = 512
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                _fail(self, name, f"must be an integer >= 1, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            _fail(self, "num_heads", f"must divide hidden_size ({self.hidden_size}), got {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            _fail(self, "num_kv_heads", f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            _fail(self, "num_heads", f"head dim hidden_size/num_heads must be even for RoPE, got {self.hidden_size}/{self.num_heads}")
+        if self.vocab_size < 260:
+            _fail(self, "vocab_size", f"must be >= 260 (256 bytes + special tokens), got {self.vocab_size}")
+        _check_positive(self, "rope_theta", "rms_norm_eps")
+
+
+@dataclass(frozen=True)
 class LatencyModel:
     """Step latency of one engine instance, for the simulator and the sim backend.
 

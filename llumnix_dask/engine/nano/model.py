@@ -1,0 +1,98 @@
+"""The Llama-architecture forward pass over a paged KV cache (RMSNorm, RoPE, GQA, SwiGLU).
+
+One call runs every scheduled token of a step through the layers together: the linear layers see all T
+tokens as one matrix; attention first writes the new K/V into their cache slots, then gathers each
+request's context through its block table and runs ``scaled_dot_product_attention`` once for the decode
+group and once for the (padded) prefill group. Grouped-query attention folds the query heads that share
+a KV head into the query-length axis, so K/V are never repeated in memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llumnix_dask.engine.nano.batch import ForwardBatch
+from llumnix_dask.engine.nano.kv_cache import PagedKVCache
+from llumnix_dask.engine.nano.loader import Checkpoint, rope_inv_freq
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Normalise in float32 like the reference implementation, whatever the model dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class NanoLlama:
+    """Stateless forward pass; the weights come from a :class:`Checkpoint`, the KV from a cache."""
+
+    def __init__(self, ckpt: Checkpoint, max_len: int) -> None:
+        self.ckpt = ckpt
+        self.args = a = ckpt.args
+        self.dtype = ckpt.embed.dtype
+        self.device = ckpt.embed.device
+        self.group = a.num_heads // a.num_kv_heads
+        inv_freq = rope_inv_freq(a).float()
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.cos = emb.cos().to(self.device, self.dtype)  # [max_len, head_dim]
+        self.sin = emb.sin().to(self.device, self.dtype)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def forward(self, batch: ForwardBatch, cache: PagedKVCache) -> torch.Tensor:
+        """Logits (float32) of the tokens listed in ``batch.logits_index``; writes the KV of every token."""
+        a, ck = self.args, self.ckpt
+        H, KVH, Dh, G = a.num_heads, a.num_kv_heads, a.head_dim, self.group
+        T, D = batch.num_tokens, batch.num_decode
+        bs = cache.block_size
+        x = ck.embed[batch.input_ids]
+        cos = self.cos[batch.positions][:, None, :]
+        sin = self.sin[batch.positions][:, None, :]
+
+        pf_mask = None
+        if batch.pf_mask is not None:
+            P, _, Q, K = batch.pf_mask.shape
+            # Query heads of one KV head are stacked along the query axis: repeat the mask per head.
+            pf_mask = batch.pf_mask[:, :, None].expand(P, 1, G, Q, K).reshape(P, 1, G * Q, K)
+
+        for li, w in enumerate(ck.layers):
+            h = rms_norm(x, w.input_norm, a.rms_norm_eps)
+            qkv = F.linear(h, w.wqkv, w.bqkv)
+            qk = self._rope(qkv[:, : (H + KVH) * Dh].view(T, H + KVH, Dh), cos, sin)
+            q, k = qk[:, :H], qk[:, H:]
+            v = qkv[:, (H + KVH) * Dh :].view(T, KVH, Dh)
+            k_cache, v_cache = cache.layer(li)
+            k_cache.view(-1, KVH, Dh).index_copy_(0, batch.slot_mapping, k)
+            v_cache.view(-1, KVH, Dh).index_copy_(0, batch.slot_mapping, v)
+
+            parts = []
+            if D:
+                bt = batch.dec_block_tables
+                kg = k_cache[bt].view(D, -1, KVH, Dh).transpose(1, 2)
+                vg = v_cache[bt].view(D, -1, KVH, Dh).transpose(1, 2)
+                qd = q[:D].reshape(D, KVH, G, Dh)
+                od = F.scaled_dot_product_attention(qd, kg, vg, attn_mask=batch.dec_mask)
+                parts.append(od.reshape(D, H * Dh))
+            if pf_mask is not None:
+                bt = batch.pf_block_tables
+                P, Q = batch.pf_token_index.shape
+                kg = k_cache[bt].view(P, -1, KVH, Dh).transpose(1, 2)
+                vg = v_cache[bt].view(P, -1, KVH, Dh).transpose(1, 2)
+                qp = q[batch.pf_token_index].view(P, Q, KVH, G, Dh).permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Q, Dh)
+                op = F.scaled_dot_product_attention(qp, kg, vg, attn_mask=pf_mask)
+                op = op.view(P, KVH, G, Q, Dh).permute(0, 3, 1, 2, 4).reshape(P, Q, H * Dh)
+                parts.append(op[batch.pf_valid])
+            attn = parts[0] if len(parts) == 1 else torch.cat(parts)
+            x = x + F.linear(attn, w.wo)
+
+            h = rms_norm(x, w.post_attn_norm, a.rms_norm_eps)
+            gate, up = F.linear(h, w.w_gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w.w_down)
+
+        x = rms_norm(x[batch.logits_index], ck.final_norm, a.rms_norm_eps)
+        return F.linear(x, ck.lm_head).float()
