@@ -170,9 +170,7 @@ class MigrationDestination:
                 )
             self.engine.commit_migrated(state, list(s.block_ids))
             del self._sessions[migration_id]
-            self._committed[migration_id] = state.request.request_id
-            while len(self._committed) > _COMMITTED_MEMORY:
-                self._committed.popitem(last=False)
+            self._remember(migration_id, state.request.request_id)
             self._log(s, migration_id, s.request_id, "committed", needed)
 
     def abort(self, migration_id: str, reason: str = "") -> bool:
@@ -203,8 +201,16 @@ class MigrationDestination:
         except ValueError:
             self._log(None, migration_id, request.request_id, "refused")
             return False
+        with self._lock:
+            self._remember(migration_id, request.request_id)
         self._log(None, migration_id, request.request_id, "enqueued")
         return True
+
+    def _remember(self, migration_id: str, request_id: str) -> None:
+        # Caller holds the lock. A late abort of this migration (the source never saw our ack) drops it.
+        self._committed[migration_id] = request_id
+        while len(self._committed) > _COMMITTED_MEMORY:
+            self._committed.popitem(last=False)
 
     # -- source silence ------------------------------------------------------------------------------
     def expire_silent(self, now: float | None = None) -> list[str]:

@@ -1,15 +1,16 @@
 """An engine in its own step-loop thread, recording every request's token stream.
 
 The smallest host for migration experiments without the full cluster (tests, benchmarks, notebooks);
-the llumlet (``llumnix_dask.workers``) is the production host. Tokens are recorded per request id in
-step order, so the stream a client would see across a migration is the source runner's tokens followed
-by the destination runner's::
+the llumlet (``llumnix_dask.workers``) is the production host. Runners that share one
+:class:`TokenStreams` record every request's tokens in the order the engines produced them, wherever
+the request was, which is the stream a client sees across migrations::
 
-    runner = EngineRunner(engine)
-    runner.add(request)
-    runner.wait_for(lambda: len(runner.tokens(request.request_id)) >= 5, timeout=10)
+    streams = TokenStreams()
+    a, b = EngineRunner(engine_a, streams), EngineRunner(engine_b, streams)
+    a.add(request)
+    streams.wait_for(lambda: len(streams.tokens(request.request_id)) >= 5, timeout=10)
     ...
-    runner.stop()
+    a.stop(); b.stop()
 """
 
 from __future__ import annotations
@@ -22,14 +23,70 @@ from llumnix_dask.engine.base import EngineBackend, StepOutput
 from llumnix_dask.request import Request
 
 
-class EngineRunner:
-    """Steps ``engine`` in a daemon thread while it has work; thread-safe accessors for the outputs."""
+class TokenStreams:
+    """Token streams per request id, appended in production order by any number of runners."""
 
-    def __init__(self, engine: EngineBackend, *, on_step: Callable[[float, list[StepOutput]], None] | None = None):
-        self.engine = engine
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._tokens: dict[str, list[int]] = {}
         self._finished: dict[str, str | None] = {}
+        self._by: dict[str, list[str]] = {}  # request id -> instance of each token
+        self.error: BaseException | None = None
+
+    def record(self, instance_id: str, outs: list[StepOutput]) -> None:
+        with self._cond:
+            for out in outs:
+                self._tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+                self._by.setdefault(out.request_id, []).extend([instance_id] * len(out.new_token_ids))
+                if out.finished:
+                    self._finished[out.request_id] = out.finish_reason
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self.error = exc
+            self._cond.notify_all()
+
+    def tokens(self, request_id: str) -> list[int]:
+        with self._cond:
+            return list(self._tokens.get(request_id, ()))
+
+    def instances(self, request_id: str) -> list[str]:
+        """Which instance produced each token of the stream."""
+        with self._cond:
+            return list(self._by.get(request_id, ()))
+
+    def finished(self, request_id: str) -> bool:
+        with self._cond:
+            return request_id in self._finished
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` holds (re-checked after every recorded step); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                if self.error is not None:
+                    raise RuntimeError("an engine step loop failed") from self.error
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+
+class EngineRunner:
+    """Steps ``engine`` in a daemon thread while it has work, recording its outputs into ``streams``."""
+
+    def __init__(
+        self,
+        engine: EngineBackend,
+        streams: TokenStreams | None = None,
+        *,
+        on_step: Callable[[float, list[StepOutput]], None] | None = None,
+    ):
+        self.engine = engine
+        self.streams = streams if streams is not None else TokenStreams()
+        self._cond = threading.Condition()
         self._stop = False
         self._paused = False
         self.error: BaseException | None = None
@@ -63,29 +120,6 @@ class EngineRunner:
             self._cond.notify_all()
         self._thread.join()
 
-    # -- outputs ---------------------------------------------------------------------------------
-    def tokens(self, request_id: str) -> list[int]:
-        with self._cond:
-            return list(self._tokens.get(request_id, ()))
-
-    def finished(self, request_id: str) -> bool:
-        with self._cond:
-            return request_id in self._finished
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Block until ``predicate()`` holds (re-checked after every step); False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate():
-                if self.error is not None:
-                    raise RuntimeError(f"engine {self.engine.instance_id} step loop failed") from self.error
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                # Predicates may read other runners too: wake up now and then to re-check.
-                self._cond.wait(min(left, 0.05))
-        return True
-
     # -- loop ------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -97,18 +131,12 @@ class EngineRunner:
             start = time.perf_counter()
             try:
                 outs = self.engine.step()
-            except BaseException as exc:  # noqa: BLE001 - surfaced by wait_for
-                with self._cond:
-                    self.error = exc
-                    self._cond.notify_all()
+            except BaseException as exc:  # noqa: BLE001 - surfaced by TokenStreams.wait_for
+                self.error = exc
+                self.streams.fail(exc)
                 return
             seconds = time.perf_counter() - start
-            with self._cond:
-                self.step_times.append((start, seconds, len(outs)))
-                for out in outs:
-                    self._tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
-                    if out.finished:
-                        self._finished[out.request_id] = out.finish_reason
-                self._cond.notify_all()
+            self.step_times.append((start, seconds, len(outs)))
+            self.streams.record(self.engine.instance_id, outs)
             if self._on_step is not None:
                 self._on_step(start, outs)

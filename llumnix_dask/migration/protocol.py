@@ -193,15 +193,21 @@ async def _migrate_queued(
         request = engine.take_waiting(request_id)
     except (KeyError, ValueError, RuntimeError):
         raise MigrationAborted("not-waiting") from None
+    request.num_migrations += 1  # counted on the copy that travels
+    failure: MigrationAborted | None = None
     try:
         accepted = await _call(config, "enqueue", dst.enqueue(mid, request))
-    except MigrationAborted:
-        engine.add_request(request)  # back into our queue, at its arrival-time place
-        raise
+    except MigrationAborted as exc:
+        accepted, failure = False, exc
     if not accepted:
+        # Back into our own queue, at its arrival-time place. A timed-out enqueue may still land on the
+        # destination later, so tell it to drop the request.
+        request.num_migrations -= 1
         engine.add_request(request)
+        if failure is not None:
+            await _tell_abort(dst, mid, failure.reason, config)
+            raise failure
         raise _Refused()
-    request.num_migrations += 1
 
 
 def _check_running(engine: EngineBackend, request: Request, preemptions: int) -> None:
@@ -276,7 +282,6 @@ async def _migrate_running(
                 paused = False
                 raise MigrationAborted("aborted") from None
             paused = False
-            request.num_migrations += 1
             result.downtime_s = time.perf_counter() - pause_start
             result.stages.append(StageRecord(stage, len(ids), nbytes, time.perf_counter() - stage_start, True))
             return
@@ -293,9 +298,13 @@ async def _migrate_running(
 
 
 def chunk_blocks(block_nbytes: int, config: MigrationConfig) -> int:
-    """Blocks per transport message: the fewest that reach ``min_chunk_bytes`` (per-message cost amortised),
-    at least ``staging_buffer_blocks``."""
-    return max(config.staging_buffer_blocks, math.ceil(config.min_chunk_bytes / max(block_nbytes, 1)))
+    """Blocks per transport message: the fewest that reach ``min_chunk_bytes``.
+
+    Big enough that the per-message cost is amortised, small enough that the export (which holds the
+    engine's lock) delays a decode step by one ~16 MB copy at most, and that the next chunk's export
+    overlaps the current chunk's send.
+    """
+    return max(1, math.ceil(config.min_chunk_bytes / max(block_nbytes, 1)))
 
 
 def _nbytes(buffer: Any) -> int:

@@ -1,0 +1,195 @@
+"""GPU transport: staging buffers go GPU to GPU with NCCL send/recv (cupy), control over Dask comm.
+
+Communicators are per *direction* of a worker pair, created on first use and kept until the peer
+leaves (:meth:`NcclPeers.drop`), so scaling the cluster never rebuilds the others. The sender always
+creates its outgoing communicator: it draws the NCCL unique id and hands it to the receiver through the
+receiver's ``llumnix_nccl_init`` handler, both ranks joining at once. One communicator per direction
+(instead of one per pair) means a communicator only ever carries sends one way, serialized by the
+sender, so two instances migrating to each other at the same time cannot deadlock on a shared one.
+
+Every transfer is: the sender calls the receiver's ``llumnix_nccl_blocks`` handler (dtype, shape,
+migration id) and, concurrently, posts ``ncclSend`` on a side stream; the handler posts the matching
+``ncclRecv`` into a fresh GPU buffer, waits for it and scatters it into the pre-allocated blocks.
+Engine streams never wait on the network: the side stream only waits (on the GPU) for the export.
+
+cupy is imported lazily; without a GPU nothing here is used. Wiring on each GPU worker::
+
+    peers = NcclPeers(worker)                      # after register_migration_handlers(worker, dst)
+    endpoint = NcclEndpoint(dst_address, peers)    # on the source, per migration
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import torch
+
+from llumnix_dask.engine.base import MigrationState
+from llumnix_dask.migration.transport import DaskEndpoint
+from llumnix_dask.request import Request
+
+
+def _nccl() -> Any:
+    from cupy.cuda import nccl  # lazy: cupy is the optional "gpu" extra
+
+    return nccl
+
+
+class _Link:
+    """One direction of a worker pair: a 2-rank communicator and its side stream (rank 0 sends)."""
+
+    def __init__(self, comm: Any, device: torch.device):
+        self.comm = comm
+        self.device = device
+        self.stream = torch.cuda.Stream(device=device)
+        self.lock = threading.Lock()  # an NCCL communicator must not be driven from two threads at once
+
+    def send(self, buffer: torch.Tensor) -> None:
+        nccl = _nccl()
+        with self.lock, torch.cuda.device(self.device):
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))  # after the export that made buffer
+            self.stream.wait_event(ready)
+            self.comm.send(buffer.data_ptr(), buffer.numel() * buffer.element_size(), nccl.NCCL_UINT8, 1,
+                           self.stream.cuda_stream)
+            buffer.record_stream(self.stream)  # keep the allocator from reusing it before the send ends
+            self.stream.synchronize()
+
+    def recv(self, buffer: torch.Tensor) -> None:
+        nccl = _nccl()
+        with self.lock, torch.cuda.device(self.device):
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # buffer allocated
+            self.comm.recv(buffer.data_ptr(), buffer.numel() * buffer.element_size(), nccl.NCCL_UINT8, 0,
+                           self.stream.cuda_stream)
+            self.stream.synchronize()  # the scatter that follows runs on another stream
+
+    def close(self) -> None:
+        with self.lock:
+            self.comm.destroy()
+
+
+class NcclPeers:
+    """This worker's NCCL links to other workers; installs the ``llumnix_nccl_*`` handlers."""
+
+    def __init__(self, worker: Any, device: torch.device | int | None = None):
+        if not torch.cuda.is_available():
+            raise RuntimeError("NcclPeers: no CUDA device is visible to this worker")
+        self.worker = worker
+        if device is None:
+            index = torch.cuda.current_device()
+        elif isinstance(device, int):
+            index = device
+        else:
+            index = torch.device(device).index or 0
+        self.device = torch.device("cuda", index)
+        self._out: dict[str, _Link] = {}  # peer address -> link we send on
+        self._in: dict[str, _Link] = {}  # peer address -> link we receive on
+        self._setup: dict[str, asyncio.Lock] = {}
+        worker.handlers["llumnix_nccl_init"] = self._handle_init
+        worker.handlers["llumnix_nccl_blocks"] = self._handle_blocks
+        worker._llumnix_nccl_peers = self
+
+    @property
+    def address(self) -> str:
+        return self.worker.address
+
+    def _new_comm(self, uid: Any, rank: int) -> Any:
+        nccl = _nccl()
+        import cupy
+
+        with cupy.cuda.Device(self.device.index):
+            return nccl.NcclCommunicator(2, uid, rank)  # blocks until the other rank joins
+
+    async def outgoing(self, peer: str) -> _Link:
+        """The link to send to ``peer``, created (once) by this side."""
+        link = self._out.get(peer)
+        if link is not None:
+            return link
+        lock = self._setup.setdefault(peer, asyncio.Lock())
+        async with lock:
+            link = self._out.get(peer)
+            if link is None:
+                uid = _nccl().get_unique_id()
+                remote = self.worker.rpc(peer).llumnix_nccl_init(src=self.address, uid=uid)
+                comm, _ = await asyncio.gather(asyncio.to_thread(self._new_comm, uid, 0), remote)
+                link = self._out[peer] = _Link(comm, self.device)
+        return link
+
+    async def _handle_init(self, src: str, uid: Any) -> None:
+        if isinstance(uid, list):  # msgpack turns the tuple form of older cupy versions into a list
+            uid = tuple(uid)
+        comm = await asyncio.to_thread(self._new_comm, uid, 1)
+        old = self._in.pop(src, None)
+        self._in[src] = _Link(comm, self.device)
+        if old is not None:  # the peer restarted and built a new link: the old one is dead
+            await asyncio.to_thread(old.close)
+
+    async def _handle_blocks(
+        self, src: str, migration_id: str, start: int, num_blocks: int, dtype: str, shape: list[int]
+    ) -> None:
+        link = self._in.get(src)
+        if link is None:
+            raise RuntimeError(f"no NCCL link from {src} to {self.address}")
+        destination = getattr(self.worker, "_llumnix_migration_destination", None)
+        if destination is None:
+            raise RuntimeError(f"{self.address} is not a migration destination (register_migration_handlers)")
+        buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+        # Receive first even if the migration is unknown here: the sender's ncclSend must be matched.
+        await asyncio.to_thread(link.recv, buffer)
+        await asyncio.to_thread(destination.receive_blocks, migration_id, start, num_blocks, buffer)
+
+    async def send(self, peer: str, migration_id: str, start: int, num_blocks: int, buffer: torch.Tensor) -> None:
+        link = await self.outgoing(peer)
+        buffer = buffer.contiguous()
+        if buffer.device != self.device:
+            buffer = buffer.to(self.device)
+        remote = self.worker.rpc(peer).llumnix_nccl_blocks(
+            src=self.address, migration_id=migration_id, start=start, num_blocks=num_blocks,
+            dtype=str(buffer.dtype).removeprefix("torch."), shape=list(buffer.shape),
+        )
+        sending = asyncio.ensure_future(asyncio.to_thread(link.send, buffer))
+        try:
+            await remote
+        except BaseException:
+            # The receiver never posted its ncclRecv (error, restart, timeout): our ncclSend would wait
+            # forever. Aborting the communicator ends it; the next transfer builds a fresh link.
+            self._out.pop(peer, None)
+            link.comm.abort()
+            raise
+        await sending
+
+    def drop(self, peer: str) -> None:
+        """Forget the links to a worker that left the cluster (abort: its peer may be gone mid-transfer)."""
+        for links in (self._out, self._in):
+            link = links.pop(peer, None)
+            if link is not None:
+                link.comm.abort()
+        self._setup.pop(peer, None)
+
+
+class NcclEndpoint(DaskEndpoint):
+    """A destination on another GPU worker: control messages over Dask comm, KV blocks over NCCL.
+
+    Sends to one destination are serialized (one NCCL transfer in flight per direction), matching the
+    order of ``ncclSend`` on this side with ``ncclRecv`` on the other.
+    """
+
+    def __init__(self, address: str, peers: NcclPeers, name: str | None = None):
+        super().__init__(address, peers.worker.rpc, name)
+        self.peers = peers
+
+    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
+        if not isinstance(buffer, torch.Tensor) or not buffer.is_cuda:
+            await super().send_blocks(migration_id, start, num_blocks, buffer)  # a CPU engine: plain comm
+            return
+        lock = self.peers._setup.setdefault(f"send:{self.address}", asyncio.Lock())
+        async with lock:
+            await self.peers.send(self.address, migration_id, start, num_blocks, buffer)
+
+    async def commit(self, migration_id: str, state: MigrationState) -> None:
+        await super().commit(migration_id, state)
+
+    async def enqueue(self, migration_id: str, request: Request) -> bool:
+        return await super().enqueue(migration_id, request)
