@@ -10,7 +10,7 @@ it travels with a migrating request (:meth:`state` / :meth:`from_state`)::
     >>> tok = build_tokenizer(300)
     >>> d = IncrementalDetokenizer(tok, prompt_ids=[0], stop=())
     >>> ids = tok.encode("hello there").ids[1:]
-    >>> "".join(d.update(ids[: i + 1])[0] for i in range(len(ids))) + d.flush()
+    >>> "".join(d.update(ids[: i + 1])[0] for i in range(len(ids))) + d.flush(ids)
     'hello there'
 """
 
@@ -35,25 +35,34 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def update(self, output_ids: Sequence[int]) -> tuple[str, bool]:
-        """Account for the latest output token(s); returns (text to emit now, a stop string was hit)."""
-        if self.tokenizer is None:
-            return "", False
+    def _advance(self, output_ids: Sequence[int], final: bool) -> None:
         k = len(self.context)
         ids = self.context[self.prefix_offset :] + list(output_ids[max(0, self.prefix_offset - k) :])
         read = self.read_offset - self.prefix_offset
         prefix_text = self._decode(ids[:read])
         new_text = self._decode(ids)
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+        # A trailing U+FFFD is an incomplete character: wait for the next token, unless this is the end.
+        if len(new_text) > len(prefix_text) and (final or not new_text.endswith("\ufffd")):
             self.text += new_text[len(prefix_text) :]
             self.prefix_offset = self.read_offset
             self.read_offset = k + len(output_ids)
+
+    def _cut_at_stop(self) -> bool:
+        hit = False
+        for s in self.stop:
+            at = self.text.find(s, max(0, self.emitted - len(s) + 1))
+            if at >= 0:
+                self.text, hit = self.text[:at], True
+        return hit
+
+    def update(self, output_ids: Sequence[int]) -> tuple[str, bool]:
+        """Account for the latest output token(s); returns (text to emit now, a stop string was hit)."""
+        if self.tokenizer is None:
+            return "", False
+        self._advance(output_ids, final=False)
         hit = False
         if self.stop:
-            for s in self.stop:
-                at = self.text.find(s, max(0, self.emitted - len(s) + 1))
-                if at >= 0:
-                    self.text, hit = self.text[:at], True
+            hit = self._cut_at_stop()
             if not hit:
                 # Hold back what could still grow into a stop string.
                 hold = max(len(s) for s in self.stop) - 1
@@ -63,9 +72,12 @@ class IncrementalDetokenizer:
         out, self.emitted = self.text[self.emitted :], len(self.text)
         return out, hit
 
-    def flush(self) -> str:
-        """Text held back so far (call when the request finishes for another reason)."""
-        out, self.emitted = self.text[self.emitted :], len(self.text)
+    def flush(self, output_ids: Sequence[int]) -> str:
+        """The rest of the text (held back, or an incomplete last character) when the request finishes."""
+        if self.tokenizer is not None:
+            self._advance(output_ids, final=True)
+            self._cut_at_stop()
+        out, self.emitted = self.text[self.emitted :], max(self.emitted, len(self.text))
         return out
 
     def state(self) -> dict[str, Any]:

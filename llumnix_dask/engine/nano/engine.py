@@ -103,7 +103,7 @@ class NanoEngine:
         if req.output_token_ids and self.tokenizer is not None:
             # Text of tokens generated elsewhere was already streamed: catch up silently.
             detok.update(req.output_token_ids)
-            detok.flush()
+            detok.flush(req.output_token_ids)
         return detok
 
     # -- serving ---------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class NanoEngine:
         elif req.num_output_tokens >= sp.max_tokens or req.num_tokens >= self.max_seq_len:
             reason = "length"
         if reason is not None:
-            delta += seq.detok.flush()
+            delta += seq.detok.flush(req.output_token_ids)
             self.scheduler.remove(seq)
             self._free_seq_blocks(seq)
             del self._seqs[req.request_id]

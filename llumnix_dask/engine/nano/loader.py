@@ -63,6 +63,7 @@ class LayerWeights:
     wqkv: torch.Tensor  # [(H + 2*KVH) * D, hidden]
     bqkv: torch.Tensor | None
     wo: torch.Tensor
+    bo: torch.Tensor | None  # Llama with attention_bias=True (Qwen2 has none)
     w_gate_up: torch.Tensor  # [2 * intermediate, hidden]
     w_down: torch.Tensor
     input_norm: torch.Tensor
@@ -109,6 +110,8 @@ def read_model_args(path: str | Path) -> ModelArgs:
         )
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"model: unsupported hidden_act {cfg['hidden_act']!r} (only silu / SwiGLU)")
+    if cfg.get("mlp_bias"):
+        raise ValueError("model: mlp_bias=true is not supported by the nano engine")
     if arch == "MistralForCausalLM" and cfg.get("sliding_window") not in (None, 0):
         if cfg["sliding_window"] < cfg.get("max_position_embeddings", 0):
             raise ValueError("model: sliding-window attention is not supported by the nano engine")
@@ -132,7 +135,8 @@ def read_model_args(path: str | Path) -> ModelArgs:
         rope_theta=float(cfg.get("rope_theta", 10000.0)),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        attention_bias=bool(cfg.get("attention_bias", arch == "Qwen2ForCausalLM")),
+        # Qwen2 always has QKV bias (its config has no switch for it).
+        attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
         architecture=arch,
         rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
         eos_token_ids=_eos_ids(cfg.get("eos_token_id"), gen.get("eos_token_id")),
@@ -188,6 +192,7 @@ def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device
                 wqkv=torch.cat([q, k, v]).contiguous(),
                 bqkv=bias,
                 wo=take(p + "self_attn.o_proj.weight").contiguous(),
+                bo=take(p + "self_attn.o_proj.bias", required=False) if args.attention_bias else None,
                 w_gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).contiguous(),
                 w_down=take(p + "mlp.down_proj.weight").contiguous(),
                 input_norm=take(p + "input_layernorm.weight"),

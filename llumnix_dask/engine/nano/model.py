@@ -88,7 +88,7 @@ class NanoLlama:
                 op = op.view(P, KVH, G, Q, Dh).permute(0, 3, 1, 2, 4).reshape(P, Q, H * Dh)
                 parts.append(op[batch.pf_valid])
             attn = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + F.linear(attn, w.wo)
+            x = x + F.linear(attn, w.wo, w.bo)
 
             h = rms_norm(x, w.post_attn_norm, a.rms_norm_eps)
             gate, up = F.linear(h, w.w_gate_up).chunk(2, dim=-1)
