@@ -1,0 +1,456 @@
+"""Cluster: many engine instances on Dask, one global scheduler, one simple API.
+
+    >>> from llumnix_dask import Cluster
+    >>> with Cluster(n_instances=2) as cluster:                     # doctest: +SKIP
+    ...     print(cluster.generate("Hello", max_tokens=8))
+    ...     for piece in cluster.stream("Once upon a time", max_tokens=16):
+    ...         print(piece, end="")
+
+``Cluster(n_instances, model, backend)`` starts an embedded Dask ``LocalCluster`` (one worker process per
+instance) with the global scheduler plugin and the instance plugin; ``Cluster(address="tcp://...")``
+attaches to a running Dask scheduler (started with ``--preload llumnix_dask.scheduler``, or the plugins are
+installed on attach). Every call works from scripts and from Jupyter: the Cluster runs its frontend on the
+Dask client's own event loop thread and blocking calls wait on it.
+Scripts that start a Cluster need the usual ``if __name__ == "__main__":`` guard (worker processes are
+spawned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import html
+import logging
+import queue
+import time
+from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
+
+from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig
+from llumnix_dask.request import Priority, SamplingParams
+from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+def _sampling(sampling: SamplingParams | None, kwargs: dict) -> SamplingParams:
+    if sampling is not None and kwargs:
+        return dataclasses.replace(sampling, **kwargs)
+    return sampling or SamplingParams(**kwargs)
+
+
+class Cluster:
+    """A Llumnix cluster of engine instances on Dask.
+
+    Parameters: ``n_instances`` engine instances (one Dask worker each; one GPU each when there are
+    GPUs), ``model`` (an HF checkpoint directory; None = the built-in tiny model), ``backend``
+    ("nano", "vllm", "sim"), ``policy`` (:class:`PolicyConfig`), ``engine`` (a full :class:`EngineConfig`,
+    overrides model/backend), ``address`` (attach to an existing scheduler instead of starting one).
+    """
+
+    def __init__(
+        self,
+        n_instances: int = 4,
+        model: str | None = None,
+        backend: str = "nano",
+        *,
+        address: str | None = None,
+        policy: PolicyConfig | None = None,
+        engine: EngineConfig | None = None,
+        migration: MigrationConfig | None = None,
+        load_report_interval_s: float = 0.01,
+        dashboard_address: str | None = ":8787",
+        engine_factory: Any = None,
+        tokenizer: Any = None,
+        timeout: float = 300.0,
+        silence_logs: int = logging.WARNING,
+    ) -> None:
+        from distributed import Client, LocalCluster
+
+        from llumnix_dask.scheduler.plugin import GlobalSchedulerPlugin
+        from llumnix_dask.workers.plugin import InstanceWorkerPlugin
+
+        if not isinstance(n_instances, int) or n_instances < 1:
+            raise ValueError(f"n_instances: must be an integer >= 1, got {n_instances!r}")
+        self.engine_config = engine or EngineConfig(backend=backend, model=model)
+        self.timeout = timeout
+        self._local = None
+        self._autoscaler: concurrent.futures.Future | None = None
+        self._closed = False
+        if address is None:
+            self._local = LocalCluster(
+                n_workers=n_instances,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=dashboard_address,
+                silence_logs=silence_logs,
+            )
+            self.client = Client(self._local)
+        else:
+            self.client = Client(address, timeout=timeout)
+        self._loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop
+        try:
+            self.client.register_plugin(GlobalSchedulerPlugin(policy or PolicyConfig()))
+            if address is not None and policy is not None:
+                self.set_policy(**dataclasses.asdict(policy))
+            if address is None or not self._instance_rows():
+                results = self.client.register_plugin(
+                    InstanceWorkerPlugin(
+                        self.engine_config,
+                        migration,
+                        load_report_interval_s=load_report_interval_s,
+                        engine_factory=engine_factory,
+                    )
+                )
+                failed = {w: r for w, r in (results or {}).items() if isinstance(r, dict) and r.get("status") == "error"}
+                if failed:
+                    worker, res = next(iter(failed.items()))
+                    raise RuntimeError(f"engine instance failed to start on {worker}: {res.get('exception_text') or res}")
+            self._wait_for_instances(lambda rows: len(rows) >= (n_instances if address is None else 1), timeout)
+            self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.engine_config)
+            self.frontend: Frontend = self._run(self._start_frontend())
+        except BaseException:
+            self.close()
+            raise
+
+    async def _start_frontend(self) -> Frontend:
+        return await Frontend(self.client.scheduler.address, tokenizer=self.tokenizer).start()
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _run(self, coro: Coroutine, timeout: float | None = None) -> Any:
+        """Run a coroutine on the cluster's event loop and wait for it (any thread, even inside Jupyter)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"llumnix cluster call timed out after {timeout} s") from None
+
+    def _scheduler_call(self, op: str, **kwargs: Any) -> Any:
+        async def call() -> Any:
+            return await getattr(self.client.scheduler, op)(**kwargs)
+
+        return self._run(call(), self.timeout)
+
+    def _instance_rows(self) -> list[dict]:
+        try:
+            return self._scheduler_call("llumnix_instances")
+        except Exception:
+            return []
+
+    def _wait_for_instances(self, ready: Any, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self._instance_rows()
+            if ready(rows):
+                return rows
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"engine instances not ready after {timeout:.0f} s: {len(rows)} registered")
+            time.sleep(0.05)
+
+    def _make_request(self, prompt: Any, sampling: SamplingParams, priority: Any, slo: float | None) -> Any:
+        return self.frontend.make_request(prompt, sampling, priority=priority, slo_ttft_s=slo)
+
+    # -- requests ------------------------------------------------------------------------------------
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        priority: Priority | int | str = Priority.NORMAL,
+        slo: float | None = None,
+        **sampling_kwargs: Any,
+    ) -> concurrent.futures.Future:
+        """Start a request; returns a ``concurrent.futures.Future`` of its :class:`Completion`."""
+        request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
+        return asyncio.run_coroutine_threadsafe(self.frontend.generate(request), self._loop)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int] | Sequence[str],
+        sampling: SamplingParams | None = None,
+        *,
+        priority: Priority | int | str = Priority.NORMAL,
+        slo: float | None = None,
+        details: bool = False,
+        **sampling_kwargs: Any,
+    ) -> Any:
+        """Generate text for a prompt (or a list of prompts, run concurrently).
+
+        Sampling keywords: ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop`` ...
+        ``priority="high"`` runs the request on a lightly loaded instance; ``slo`` is a TTFT target in
+        seconds. Returns the text, or the :class:`Completion` (tokens, TTFT, instances) with ``details=True``.
+        """
+        if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str):
+            futures = [self.submit(p, sampling, priority=priority, slo=slo, **sampling_kwargs) for p in prompt]
+            done = [f.result() for f in futures]
+            return done if details else [c.text for c in done]
+        completion: Completion = self.submit(prompt, sampling, priority=priority, slo=slo, **sampling_kwargs).result()
+        return completion if details else completion.text
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        priority: Priority | int | str = Priority.NORMAL,
+        slo: float | None = None,
+        details: bool = False,
+        **sampling_kwargs: Any,
+    ) -> Iterator[Any]:
+        """Yield text pieces as they are generated (or :class:`StreamChunk` objects with ``details=True``).
+
+        Stopping the iteration early aborts the request.
+        """
+        request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
+        out: queue.Queue = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                handle = await self.frontend.submit(request)
+                out.put(("id", handle.request_id))
+                async for chunk in self.frontend.chunks(handle):
+                    out.put(("chunk", chunk))
+            except BaseException as exc:  # CancelledError too: the consumer went away
+                out.put(("error", exc))
+            finally:
+                out.put(("done", None))
+
+        fut = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        finished = False
+        try:
+            while True:
+                kind, item = out.get()
+                if kind == "chunk":
+                    if item.finished:
+                        finished = True
+                    yield item if details else item.text
+                elif kind == "error":
+                    finished = True
+                    raise item
+                elif kind == "done":
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                fut.cancel()  # the pump's finally aborts the request on its instance
+
+    async def astream(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        priority: Priority | int | str = Priority.NORMAL,
+        slo: float | None = None,
+        details: bool = False,
+        **sampling_kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        """Async version of :meth:`stream` for any event loop (Jupyter, FastAPI)."""
+        request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
+        async for chunk in self._bridge(self.frontend.stream(request)):
+            yield chunk if details else chunk.text
+
+    async def agenerate(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        priority: Priority | int | str = Priority.NORMAL,
+        slo: float | None = None,
+        **sampling_kwargs: Any,
+    ) -> Completion:
+        """Async: the :class:`Completion` of one request, awaitable from any event loop."""
+        request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.frontend.generate(request), self._loop))
+
+    async def _bridge(self, agen: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
+        """Iterate an async generator living on the cluster loop from the caller's loop."""
+        caller = asyncio.get_running_loop()
+        if caller is self._loop:
+            async for item in agen:
+                yield item
+            return
+        local: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in agen:
+                    caller.call_soon_threadsafe(local.put_nowait, item)
+            except BaseException as exc:
+                caller.call_soon_threadsafe(local.put_nowait, exc)
+            finally:
+                caller.call_soon_threadsafe(local.put_nowait, _DONE)
+
+        fut = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        completed = False
+        try:
+            while True:
+                item = await local.get()
+                if item is _DONE:
+                    completed = True
+                    return
+                if isinstance(item, BaseException):
+                    completed = True
+                    raise item
+                yield item
+        finally:
+            if not completed:
+                fut.cancel()  # the frontend's chunks() aborts the request
+
+    # -- cluster management --------------------------------------------------------------------------
+    def scale(self, n: int, timeout: float | None = None) -> None:
+        """Run ``n`` instances. Scaling down drains the chosen instances by live migration first."""
+        from llumnix_dask.scheduler.scaling_client import scale_to
+
+        self._run(scale_to(self, int(n)), timeout or self.timeout)
+
+    def adapt(
+        self,
+        minimum: int = 1,
+        maximum: int = 8,
+        *,
+        scale_up_freeness: float | None = None,
+        scale_down_freeness: float | None = None,
+        interval_s: float | None = None,
+        patience_s: float | None = None,
+    ) -> PolicyConfig:
+        """Auto-scale between ``minimum`` and ``maximum`` instances, keeping average freeness in the band."""
+        from llumnix_dask.scheduler.scaling_client import autoscale_loop
+
+        knobs: dict[str, Any] = {"scaling_enabled": True, "min_instances": minimum, "max_instances": maximum}
+        for key, value in (
+            ("scale_up_freeness", scale_up_freeness),
+            ("scale_down_freeness", scale_down_freeness),
+            ("scaling_interval_s", interval_s),
+            ("scaling_patience_s", patience_s),
+        ):
+            if value is not None:
+                knobs[key] = value
+        policy = self.set_policy(**knobs)
+        if self._autoscaler is None or self._autoscaler.done():
+            self._autoscaler = asyncio.run_coroutine_threadsafe(autoscale_loop(self), self._loop)
+        return policy
+
+    # -- introspection -------------------------------------------------------------------------------
+    @property
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(**self._scheduler_call("llumnix_get_policy"))
+
+    def set_policy(self, **knobs: Any) -> PolicyConfig:
+        """Change scheduler knobs live, e.g. ``set_policy(dispatch="infaas", migration_enabled=False)``."""
+        reply = self._scheduler_call("llumnix_set_policy", updates=knobs)
+        if reply.get("status") != "OK":
+            raise ValueError(reply.get("error"))
+        return PolicyConfig(**reply["policy"])
+
+    def instances(self) -> Any:
+        """One row per instance: load, KV usage, freeness, draining / migrating flags."""
+        import pandas as pd
+
+        rows = self._instance_rows()
+        frame = pd.DataFrame(rows)
+        return frame.set_index("instance_id") if rows else frame
+
+    def migrations(self, n: int | None = None) -> Any:
+        """The migration log (newest last) as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self._scheduler_call("llumnix_migrations", n=n))
+
+    def explain(self, n: int = 20, kind: str | None = None) -> Any:
+        """The last ``n`` scheduler decisions (dispatch, migration, scaling, drain) with their reasons."""
+        import pandas as pd
+
+        return pd.DataFrame(self._scheduler_call("llumnix_explain", n=n, kind=kind))
+
+    def snapshot(self) -> dict:
+        """The scheduler's plain-dict snapshot (see ``GlobalScheduler.snapshot``)."""
+        return self._scheduler_call("llumnix_snapshot")
+
+    def migrate(self, request_id: str, dst: str | None = None) -> dict:
+        """Live-migrate a running request now (to ``dst`` or the freest other instance)."""
+        return self._scheduler_call("llumnix_migrate", request_id=request_id, dst=dst)
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.client.scheduler.address
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self.client.dashboard_link
+        except Exception:
+            return None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
+        frontend = getattr(self, "frontend", None)
+        if frontend is not None:
+            try:
+                self._run(frontend.close(), 10)
+            except Exception:
+                logger.debug("frontend close failed", exc_info=True)
+        try:
+            self.client.close()
+        finally:
+            if self._local is not None:
+                self._local.close()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<llumnix Cluster: {len(self._instance_rows())} instances, scheduler {self.scheduler_address}>"
+
+    def _repr_html_(self) -> str:
+        rows = self._instance_rows()
+        try:
+            policy = self._scheduler_call("llumnix_get_policy")
+        except Exception:
+            policy = {}
+        link = self.dashboard_link
+        head = (
+            f"<h4>llumnix-dask Cluster</h4><p>{len(rows)} instances &middot; backend "
+            f"<b>{html.escape(self.engine_config.backend)}</b> &middot; model "
+            f"<b>{html.escape(self.engine_config.model or 'built-in tiny model')}</b> &middot; dispatch "
+            f"<b>{html.escape(str(policy.get('dispatch', '?')))}</b>, migration "
+            f"<b>{'on' if policy.get('migration_enabled') else 'off'}</b></p>"
+            f"<p>scheduler <code>{html.escape(self.scheduler_address)}</code>"
+            + (f" &middot; <a href='{html.escape(link)}' target='_blank'>Dask dashboard</a>" if link else "")
+            + "</p>"
+        )
+        cols = ["instance_id", "device", "num_running", "num_waiting", "kv_usage", "freeness", "terminating"]
+        table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+        for row in rows:
+            cells = []
+            for c in cols:
+                v = row.get(c, "")
+                cells.append(f"<td>{v:.2f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
+            table += "<tr>" + "".join(cells) + "</tr>"
+        return head + table + "</table>"
+
+
+def _load_tokenizer(config: EngineConfig) -> Any:
+    """The engine's tokenizer for frontend-side tokenization (None if the backend has none)."""
+    try:
+        from llumnix_dask import engine as engine_pkg
+    except ImportError:
+        return None
+    loader = getattr(engine_pkg, "load_tokenizer", None)
+    if loader is None:
+        return None
+    try:
+        return loader(config)
+    except Exception:
+        logger.warning("could not load the tokenizer for %s; prompts must be token ids", config.model, exc_info=True)
+        return None

@@ -1,0 +1,404 @@
+"""The global scheduler's state and decisions, without Dask.
+
+:class:`GlobalScheduler` keeps the registry of instances and their latest :class:`InstanceLoad`, makes
+dispatch / migration / scaling decisions with the pure policies, and records every decision with its
+reason. The Dask :class:`~llumnix_dask.scheduler.plugin.GlobalSchedulerPlugin` wraps it with handlers and
+loops; the unit tests drive it directly::
+
+    >>> from llumnix_dask.policy.load import InstanceLoad, RequestLoad
+    >>> gs = GlobalScheduler(PolicyConfig(), clock=lambda: 0.0)
+    >>> gs.register("i0", "tcp://a:1", InstanceLoad("i0", total_blocks=100, used_blocks=0))
+    >>> gs.register("i1", "tcp://b:1", InstanceLoad("i1", total_blocks=100, used_blocks=90))
+    >>> gs.dispatch(RequestLoad("r1", blocks=2)).instance_id
+    'i0'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy import dispatch as dispatch_policy
+from llumnix_dask.policy import migration as migration_policy
+from llumnix_dask.policy import scaling as scaling_policy
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness, virtual_usage, with_dispatched
+from llumnix_dask.scheduler.stats import CountHistory, FinishedRequest, LatencyWindow
+
+NoInstanceAvailable = dispatch_policy.NoInstanceAvailable
+
+
+@dataclass
+class InstanceRecord:
+    """One registered engine instance as the global scheduler sees it."""
+
+    instance_id: str
+    address: str  # the Dask worker's address: token streams and migrations go there
+    load: InstanceLoad
+    registered_at: float
+    name: Any = None  # the Dask worker's name (what a cluster manager retires)
+    info: dict = field(default_factory=dict)  # backend, model, device, block_size
+    terminating: bool = False
+    dispatched: int = 0  # requests dispatched here so far
+    migrating: bool = False  # a migration this scheduler ordered is under way (as source or destination)
+    last_report: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One entry of the explain log."""
+
+    time: float
+    kind: str  # "dispatch" | "migration" | "scaling" | "drain" | "policy" | "register" | "remove"
+    reason: Any  # a sentence, or the dict of numbers the policy decided on
+    request_id: str | None = None
+    instance_id: str | None = None
+    target_id: str | None = None  # migration destination
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedMigration:
+    src: InstanceRecord
+    dst: InstanceRecord
+    request_id: str | None  # None: the source llumlet picks with the request-selection policy
+    reason: str
+
+
+def _coerce_policy_value(current: PolicyConfig, name: str, value: Any) -> Any:
+    """Knob values arrive as JSON / CLI strings; convert them to the field's type first."""
+    old = getattr(current, name)
+    if isinstance(old, bool) and isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"PolicyConfig.{name}: expected a boolean, got {value!r}")
+    if isinstance(old, bool):
+        return bool(value)
+    if isinstance(old, int) and isinstance(value, (str, float)):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"PolicyConfig.{name}: expected an integer, got {value!r}") from None
+    if isinstance(old, float) and isinstance(value, (str, int)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"PolicyConfig.{name}: expected a number, got {value!r}") from None
+    return value
+
+
+def updated_policy(current: PolicyConfig, updates: dict[str, Any]) -> PolicyConfig:
+    """A validated copy of ``current`` with ``updates`` applied; ValueError names a bad or unknown field."""
+    names = {f.name for f in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(updates) - names)
+    if unknown:
+        raise ValueError(f"PolicyConfig: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    coerced = {k: _coerce_policy_value(current, k, v) for k, v in updates.items()}
+    return dataclasses.replace(current, **coerced)
+
+
+def _describe(reason: Any) -> str:
+    if isinstance(reason, dict):
+        return ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in reason.items())
+    return str(reason)
+
+
+class GlobalScheduler:
+    """Registry + decisions. Not thread-safe: the plugin calls it from the scheduler's event loop only."""
+
+    def __init__(
+        self,
+        policy: PolicyConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        log_size: int = 1000,
+        migration_log_size: int = 1000,
+    ) -> None:
+        self.policy = policy or PolicyConfig()
+        self.clock = clock
+        self.instances: dict[str, InstanceRecord] = {}
+        self._by_address: dict[str, str] = {}
+        self.dispatch_state = dispatch_policy.DispatchState()
+        self.scaling_state = scaling_policy.ScalingState()
+        self.decisions: deque[Decision] = deque(maxlen=log_size)
+        self.migration_log: deque[dict] = deque(maxlen=migration_log_size)
+        self.latency = LatencyWindow()
+        self.instance_history = CountHistory()
+        self.request_locations: dict[str, str] = {}  # request id -> instance id (dispatch / migration)
+        self.target_instances: int | None = None  # wanted by the scaling loop or scale(n); None = no opinion
+        self.num_dispatched = 0
+        self.num_migrations = 0
+        self.num_migrations_failed = 0
+
+    # -- registry ------------------------------------------------------------------------------------
+    def register(
+        self, instance_id: str, address: str, load: InstanceLoad, *, name: Any = None, info: dict | None = None
+    ) -> InstanceRecord:
+        now = self.clock()
+        rec = InstanceRecord(instance_id, address, load, registered_at=now, name=name, info=dict(info or {}))
+        rec.last_report = now
+        self.instances[instance_id] = rec
+        self._by_address[address] = instance_id
+        self._log("register", f"instance at {address} joined", instance_id=instance_id)
+        self.instance_history.record(now, len(self.instances))
+        return rec
+
+    def unregister(self, instance_id: str, reason: str = "worker left") -> InstanceRecord | None:
+        rec = self.instances.pop(instance_id, None)
+        if rec is None:
+            return None
+        self._by_address.pop(rec.address, None)
+        self.dispatch_state.forget(instance_id)
+        for rid in [r for r, i in self.request_locations.items() if i == instance_id]:
+            del self.request_locations[rid]
+        self._log("remove", reason, instance_id=instance_id)
+        self.instance_history.record(self.clock(), len(self.instances))
+        return rec
+
+    def by_address(self, address: str) -> InstanceRecord | None:
+        iid = self._by_address.get(address)
+        return None if iid is None else self.instances.get(iid)
+
+    def update_load(self, load: InstanceLoad) -> None:
+        rec = self.instances.get(load.instance_id)
+        if rec is None:
+            return
+        if rec.terminating and not load.terminating:
+            load = dataclasses.replace(load, terminating=True)
+        rec.load = load
+        rec.last_report = self.clock()
+
+    def loads(self) -> list[InstanceLoad]:
+        return [rec.load for rec in self.instances.values()]
+
+    # -- dispatch ------------------------------------------------------------------------------------
+    def request_load(
+        self, request_id: str, num_prompt_tokens: int, priority: int = 0, arrival_time: float = 0.0
+    ) -> RequestLoad:
+        """The demand of a new request in blocks of the instances' block size."""
+        block_size = next((r.info.get("block_size") for r in self.instances.values() if r.info.get("block_size")), 16)
+        return RequestLoad(
+            request_id,
+            blocks=max(1, -(-num_prompt_tokens // block_size)),
+            priority=priority,
+            num_tokens=num_prompt_tokens,
+            arrival_time=arrival_time,
+        )
+
+    def dispatch(self, request: RequestLoad) -> InstanceRecord:
+        """Pick an instance for a new request; raises NoInstanceAvailable with a clear message."""
+        if not self.instances:
+            raise NoInstanceAvailable("no engine instance is registered yet; start workers with the llumnix plugin")
+        decision = dispatch_policy.dispatch(self.loads(), request, self.policy, self.dispatch_state)
+        rec = self.instances[decision.instance_id]
+        self.dispatch_state.record(rec.instance_id)
+        # Count the request on our copy at once, so a burst between two load reports spreads out.
+        rec.load = with_dispatched(rec.load, request)
+        rec.dispatched += 1
+        self.num_dispatched += 1
+        self.request_locations[request.request_id] = rec.instance_id
+        self._log("dispatch", decision.reason, request_id=request.request_id, instance_id=rec.instance_id)
+        return rec
+
+    def request_finished(self, item: FinishedRequest) -> None:
+        self.request_locations.pop(item.request_id, None)
+        self.latency.add(item)
+
+    # -- migration -----------------------------------------------------------------------------------
+    def plan_migrations(self) -> list[PlannedMigration]:
+        """Pairs for this migration tick. Draining instances migrate out even when migration is off."""
+        if len(self.instances) < 2:
+            return []
+        idle = {iid for iid, rec in self.instances.items() if not rec.migrating}
+        migrates = self.policy.migration_enabled and self.policy.dispatch not in migration_policy.NON_MIGRATING_POLICIES
+        if migrates:
+            pairs = migration_policy.pair_instances(self.loads(), self.policy)
+        elif any(r.terminating for r in self.instances.values()):
+            # Draining needs migration even under a policy that never migrates for balance.
+            drain_policy = dataclasses.replace(self.policy, migration_enabled=True, dispatch="llumnix")
+            pairs = migration_policy.pair_instances(self.loads(), drain_policy)
+            pairs = [p for p in pairs if self.instances[p.src].terminating]
+        else:
+            return []
+        planned = []
+        for pair in pairs:
+            if pair.src not in idle or pair.dst not in idle:
+                continue  # one migration at a time per instance
+            src, dst = self.instances[pair.src], self.instances[pair.dst]
+            if dst.terminating:
+                continue
+            chosen = None
+            if src.load.running or src.load.waiting:
+                req = migration_policy.select_request(src.load, dst.load, self.policy)
+                if req is None:
+                    continue
+                chosen = req.request_id
+            elif src.load.num_requests == 0:
+                continue
+            idle.discard(pair.src)
+            idle.discard(pair.dst)
+            planned.append(PlannedMigration(src, dst, chosen, _describe(pair.reason)))
+        return planned
+
+    def migration_started(self, plan: PlannedMigration) -> None:
+        plan.src.migrating = True
+        plan.dst.migrating = True
+
+    def migration_finished(
+        self, src_id: str, dst_id: str, request_id: str | None, ok: bool, reason: str, details: dict | None = None
+    ) -> None:
+        for iid in (src_id, dst_id):
+            if iid in self.instances:
+                self.instances[iid].migrating = False
+        entry = {
+            "time": self.clock(),
+            "request_id": request_id,
+            "src": src_id,
+            "dst": dst_id,
+            "ok": bool(ok),
+            "reason": reason,
+        }
+        entry.update(details or {})
+        self.migration_log.append(entry)
+        if ok:
+            self.num_migrations += 1
+            if request_id is not None:
+                self.request_locations[request_id] = dst_id
+        else:
+            self.num_migrations_failed += 1
+        verdict = "done" if ok else "failed"
+        self._log("migration", f"{verdict}: {reason}", request_id=request_id, instance_id=src_id, target_id=dst_id)
+
+    def pick_destination(self, exclude: str) -> InstanceRecord | None:
+        """The freest other instance that is not draining (forced migrations with no dst)."""
+        best, best_f = None, -math.inf
+        for rec in self.instances.values():
+            if rec.instance_id == exclude or rec.terminating:
+                continue
+            f = freeness(rec.load, self.policy)
+            if f > best_f:
+                best, best_f = rec, f
+        return best
+
+    # -- scaling and draining ------------------------------------------------------------------------
+    def drain(self, instance_id: str, reason: str) -> InstanceRecord:
+        rec = self.instances.get(instance_id)
+        if rec is None:
+            raise KeyError(f"unknown instance {instance_id!r}; known: {', '.join(sorted(self.instances)) or 'none'}")
+        if not rec.terminating:
+            rec.terminating = True
+            rec.load = dataclasses.replace(rec.load, terminating=True)
+            self._log("drain", reason, instance_id=instance_id)
+        return rec
+
+    def choose_to_drain(self, count: int) -> list[str]:
+        """The ``count`` active instances that are cheapest to empty (fewest requests, then freest)."""
+        active = [r for r in self.instances.values() if not r.terminating]
+        if count > len(active) - 1:
+            raise ValueError(f"cannot drain {count} of {len(active)} active instances: at least one must stay")
+        active.sort(key=lambda r: (r.load.num_requests, -freeness(r.load, self.policy), r.registered_at))
+        return [r.instance_id for r in active[:count]]
+
+    def drained(self) -> list[InstanceRecord]:
+        """Draining instances that hold no request any more: safe to retire."""
+        return [
+            r for r in self.instances.values() if r.terminating and r.load.num_requests == 0 and not r.migrating
+        ]
+
+    def scaling_tick(self) -> Any:
+        """Run the scaling policy once; an "up" raises the target count, a "down" starts a drain."""
+        if not self.policy.scaling_enabled:
+            return None
+        now = self.clock()
+        loads = [r.load for r in self.instances.values()]
+        decision = scaling_policy.scaling_decision(loads, self.policy, now, self.scaling_state)
+        active = sum(1 for r in self.instances.values() if not r.terminating)
+        if decision.action == "up":
+            self.target_instances = min(self.policy.max_instances, max(self.target_instances or 0, active + 1))
+            self._log("scaling", f"scale up to {self.target_instances}: {decision.reason}")
+        elif decision.action == "down" and decision.instance_id in self.instances:
+            self.target_instances = max(self.policy.min_instances, active - 1)
+            self.drain(decision.instance_id, f"scale down: {decision.reason}")
+        return decision
+
+    # -- knobs ---------------------------------------------------------------------------------------
+    def set_policy(self, updates: dict[str, Any]) -> PolicyConfig:
+        new = updated_policy(self.policy, updates)
+        if new.dispatch != self.policy.dispatch:
+            self.dispatch_state = dispatch_policy.DispatchState()
+        self.policy = new
+        self._log("policy", "knobs changed: " + ", ".join(f"{k}={v!r}" for k, v in sorted(updates.items())))
+        return new
+
+    # -- reading -------------------------------------------------------------------------------------
+    def explain(self, n: int = 20, kind: str | None = None) -> list[dict]:
+        items = [d for d in self.decisions if kind is None or d.kind == kind]
+        return [d.as_dict() for d in items[-n:]]
+
+    def instance_rows(self) -> list[dict]:
+        rows = []
+        for rec in self.instances.values():
+            load = rec.load
+            rows.append(
+                {
+                    "instance_id": rec.instance_id,
+                    "address": rec.address,
+                    "name": rec.name,
+                    "num_running": load.num_running,
+                    "num_waiting": load.num_waiting,
+                    "used_blocks": load.used_blocks,
+                    "total_blocks": load.total_blocks,
+                    "kv_usage": load.used_blocks / load.total_blocks if load.total_blocks else 0.0,
+                    "virtual_usage": virtual_usage(load, self.policy),
+                    "freeness": freeness(load, self.policy),
+                    "num_high_priority": load.num_high_priority,
+                    "num_preemptions": load.num_preemptions,
+                    "terminating": rec.terminating,
+                    "migrating": rec.migrating or load.migrating,
+                    "dispatched": rec.dispatched,
+                    "last_report": rec.last_report,
+                    **{k: v for k, v in rec.info.items() if k in ("backend", "model", "device")},
+                }
+            )
+        return rows
+
+    def snapshot(self, n_migrations: int = 50, n_decisions: int = 20) -> dict:
+        """Everything a dashboard needs, as a plain dict of plain values.
+
+        Keys: ``time``; ``policy`` (the PolicyConfig as a dict); ``instances`` (list of rows, see
+        :meth:`instance_rows`: ids, address, running/waiting counts, blocks, kv_usage, virtual_usage,
+        freeness, terminating, migrating, dispatched); ``migrations`` (the last ``n_migrations`` entries of the
+        migration log: time, request_id, src, dst, ok, reason, plus protocol details such as downtime_s);
+        ``latency`` (rolling TTFT/TPOT/E2E count/mean/p50/p99 seconds and SLO attainment per priority
+        "normal", "high" and "all"); ``instance_count`` (list of (time, count) on every change);
+        ``counters`` (dispatched, migrations, migrations_failed, finished); ``target_instances``;
+        ``decisions`` (the last ``n_decisions`` explain entries).
+        """
+        return {
+            "time": self.clock(),
+            "policy": dataclasses.asdict(self.policy),
+            "instances": self.instance_rows(),
+            "migrations": list(self.migration_log)[-n_migrations:],
+            "latency": self.latency.summary(),
+            "instance_count": self.instance_history.as_list(),
+            "counters": {
+                "dispatched": self.num_dispatched,
+                "migrations": self.num_migrations,
+                "migrations_failed": self.num_migrations_failed,
+                "finished": self.latency.total,
+            },
+            "target_instances": self.target_instances,
+            "decisions": self.explain(n_decisions),
+        }
+
+    def _log(self, kind: str, reason: str, **kw: Any) -> None:
+        self.decisions.append(Decision(self.clock(), kind, reason, **kw))

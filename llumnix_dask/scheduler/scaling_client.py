@@ -1,0 +1,106 @@
+"""The cluster-manager side of scaling: start workers, and retire drained ones.
+
+The global scheduler decides (scaling policy, which instance to drain) and drains by live migration; the
+process that owns the Dask cluster manager (the :class:`~llumnix_dask.Cluster`) carries the decisions out,
+because only it can start worker processes. These coroutines run on the Cluster's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.05
+
+
+async def _rows(cluster: Any) -> list[dict]:
+    return await cluster.client.scheduler.llumnix_instances()
+
+
+async def _wait(cluster: Any, ready: Any, timeout: float, what: str) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await _rows(cluster)
+        if ready(rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not done after {timeout:.0f} s")
+        await asyncio.sleep(POLL_S)
+
+
+def _start_workers(cluster: Any, count: int) -> None:
+    local = cluster._local
+    if local is None:
+        raise RuntimeError(
+            "this Cluster is attached to an external Dask scheduler and cannot start workers; "
+            "add workers with your Dask cluster manager (dask worker --preload llumnix_dask.workers ...)"
+        )
+    local.scale(len(local.worker_spec) + count)
+
+
+async def retire(cluster: Any, entries: list[dict], timeout: float) -> None:
+    """Stop the workers of drained instances and wait until the scheduler has forgotten them."""
+    if not entries:
+        return
+    local = cluster._local
+    if local is not None:
+        await local.scale_down([e["name"] for e in entries])
+    else:
+        await cluster.client.scheduler.retire_workers(workers=[e["address"] for e in entries], close_workers=True)
+    gone = {e["instance_id"] for e in entries}
+    await _wait(cluster, lambda rows: not gone & {r["instance_id"] for r in rows}, timeout, "retiring instances")
+
+
+async def scale_to(cluster: Any, n: int) -> None:
+    """Run ``n`` active instances: start workers, or drain (by migration) and retire the extra ones."""
+    if n < 1:
+        raise ValueError(f"scale: n must be >= 1, got {n}")
+    sched = cluster.client.scheduler
+    await sched.llumnix_set_target(n=n)
+    rows = await _rows(cluster)
+    active = [r for r in rows if not r["terminating"]]
+    timeout = cluster.timeout
+    if n > len(active):
+        _start_workers(cluster, n - len(active))
+        await _wait(
+            cluster, lambda rs: sum(not r["terminating"] for r in rs) >= n, timeout, f"scaling up to {n} instances"
+        )
+    elif n < len(active):
+        reply = await sched.llumnix_drain(count=len(active) - n)
+        if reply.get("status") != "OK":
+            raise ValueError(reply.get("error"))
+        ids = set(reply["instance_ids"])
+        deadline = time.monotonic() + timeout
+        while ids:
+            plan = await sched.llumnix_scaling_plan()
+            ready = [e for e in plan["retire"] if e["instance_id"] in ids]
+            if ready:
+                await retire(cluster, ready, timeout)
+                ids -= {e["instance_id"] for e in ready}
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"draining {sorted(ids)} did not finish in {timeout:.0f} s")
+            else:
+                await asyncio.sleep(POLL_S)
+
+
+async def autoscale_loop(cluster: Any, poll_s: float = 0.5) -> None:
+    """Carry out the scheduler's scaling plan until cancelled (``Cluster.adapt``)."""
+    sched = cluster.client.scheduler
+    while True:
+        await asyncio.sleep(poll_s)
+        try:
+            plan = await sched.llumnix_scaling_plan()
+            if plan["retire"]:
+                await retire(cluster, plan["retire"], cluster.timeout)
+            target, local = plan["target"], cluster._local
+            starting = (len(local.worker_spec) - plan["total"]) if local is not None else 0
+            if target and local is not None and target > plan["active"] and starting <= 0:
+                _start_workers(cluster, target - plan["active"])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("llumnix autoscaler step failed")

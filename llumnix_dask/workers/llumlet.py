@@ -1,0 +1,259 @@
+"""The llumlet: the per-instance agent that drives one engine on a Dask worker.
+
+It runs the engine's step loop in its own thread (an engine step on the worker's event loop would stall
+every Dask message for tens of milliseconds), hands token batches to the event loop to stream them to the
+frontend that sent each request, and pushes the instance's load to the global scheduler at most every
+``load_report_interval_s``.
+
+Token messages carry the index of their first token in the request's output, so a frontend that hears
+from two instances around a live migration (the source's last tokens and the destination's first ones)
+can put them in order and drop duplicates. Message format (one dict per request per step)::
+
+    {"rid": request id, "i": index of the first token, "ids": [token ids], "text": detokenized delta,
+     "done": finished?, "reason": finish reason or None, "inst": instance id}
+    {"rid": request id, "error": "why the request failed", "inst": instance id}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from llumnix_dask.engine.base import EngineBackend, MigrationState
+from llumnix_dask.policy.load import InstanceLoad
+from llumnix_dask.request import Request
+
+logger = logging.getLogger(__name__)
+
+# The frontend's token-server address rides in the request's metadata, so it travels with a migration.
+FRONTEND_KEY = "llumnix_frontend"
+# A step loop that keeps failing gives up on its requests after this many consecutive errors.
+MAX_CONSECUTIVE_STEP_ERRORS = 3
+
+TokenSink = Callable[[dict[str, list[dict]]], None]  # {frontend address: [token messages]}, on the event loop
+LoadSink = Callable[[InstanceLoad], None]  # on the event loop
+
+
+class Llumlet:
+    """Drives ``engine`` in a thread; tokens go to ``send_tokens``, load reports to ``report_load``.
+
+    Both sinks are called on ``loop`` (the worker's event loop) via ``call_soon_threadsafe``.
+    """
+
+    def __init__(
+        self,
+        engine: EngineBackend,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        send_tokens: TokenSink,
+        report_load: LoadSink,
+        load_report_interval_s: float = 0.01,
+        idle_report_interval_s: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.instance_id = engine.instance_id
+        self.loop = loop
+        self._send_tokens = send_tokens
+        self._report_load = report_load
+        self.load_report_interval_s = load_report_interval_s
+        self.idle_report_interval_s = idle_report_interval_s
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards _next_index / _frontends (step thread vs event loop)
+        self._next_index: dict[str, int] = {}
+        self._frontends: dict[str, str] = {}
+        self._thread: threading.Thread | None = None
+        self.migrations_in_flight = 0
+        self.num_steps = 0
+        self.num_tokens = 0
+        self._last_report = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"llumlet-{self.instance_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- requests (called on the event loop) ---------------------------------------------------------
+    def add_request(self, request: Request, frontend: str | None) -> None:
+        """Queue a request for the step thread; tokens will stream to ``frontend``."""
+        if frontend:
+            request.metadata[FRONTEND_KEY] = frontend
+        self._inbox.append(("add", request))
+        self._wake.set()
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.append(("abort", request_id))
+        self._wake.set()
+
+    def adopt_migrated(self, state: MigrationState) -> None:
+        """A migrated request was committed here: continue its stream at the next token index."""
+        req = state.request
+        with self._lock:
+            self._next_index[req.request_id] = len(req.output_token_ids)
+            frontend = req.metadata.get(FRONTEND_KEY)
+            if frontend:
+                self._frontends[req.request_id] = frontend
+        self._wake.set()
+
+    def forget(self, request_id: str) -> None:
+        """The request left this instance by migration: its stream continues from the destination."""
+        with self._lock:
+            self._next_index.pop(request_id, None)
+            self._frontends.pop(request_id, None)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def load(self) -> InstanceLoad:
+        load = self.engine.load()
+        if self.migrations_in_flight and not load.migrating:
+            load = dataclasses.replace(load, migrating=True)
+        return load
+
+    # -- the step thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        errors = 0
+        was_busy = False
+        while not self._stop.is_set():
+            self._drain_inbox()
+            if not self.engine.has_work():
+                if was_busy:
+                    self._push_load(force=True)  # the scheduler should see the instance go idle at once
+                    was_busy = False
+                if not self._wake.wait(self.idle_report_interval_s):
+                    self._push_load(force=True)  # heartbeat while idle
+                self._wake.clear()
+                continue
+            was_busy = True
+            try:
+                outputs = self.engine.step()
+                errors = 0
+            except Exception as exc:  # an engine bug: fail loudly, but keep the worker alive
+                errors += 1
+                logger.exception("engine step failed on %s", self.instance_id)
+                if errors >= MAX_CONSECUTIVE_STEP_ERRORS:
+                    self._fail_all(f"engine step failed repeatedly: {type(exc).__name__}: {exc}")
+                    errors = 0
+                continue
+            self.num_steps += 1
+            if outputs:
+                self._emit(outputs)
+            self._push_load()
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            kind, item = self._inbox.popleft()
+            if kind == "add":
+                request: Request = item
+                with self._lock:
+                    self._next_index[request.request_id] = len(request.output_token_ids)
+                    frontend = request.metadata.get(FRONTEND_KEY)
+                    if frontend:
+                        self._frontends[request.request_id] = frontend
+                try:
+                    self.engine.add_request(request)
+                except Exception as exc:  # too long for this engine, bad params: tell the client why
+                    self._error(request.request_id, f"{type(exc).__name__}: {exc}")
+            elif kind == "abort":
+                rid = item
+                if self.engine.abort(rid):
+                    self._finish_aborted(rid)
+
+    def _emit(self, outputs: list) -> None:
+        by_frontend: dict[str, list[dict]] = {}
+        with self._lock:
+            for out in outputs:
+                rid = out.request_id
+                start = self._next_index.get(rid)
+                if start is None:
+                    # Adopted without adopt_migrated (e.g. a destination that bypassed the hook).
+                    start = self._recover_index(rid, out)
+                self._next_index[rid] = start + len(out.new_token_ids)
+                self.num_tokens += len(out.new_token_ids)
+                frontend = self._frontends.get(rid)
+                if out.finished:
+                    self._next_index.pop(rid, None)
+                    self._frontends.pop(rid, None)
+                if not frontend:
+                    continue
+                by_frontend.setdefault(frontend, []).append(
+                    {
+                        "rid": rid,
+                        "i": start,
+                        "ids": list(out.new_token_ids),
+                        "text": out.text_delta,
+                        "done": bool(out.finished),
+                        "reason": out.finish_reason,
+                        "inst": self.instance_id,
+                    }
+                )
+        if by_frontend:
+            self._call(self._send_tokens, by_frontend)
+
+    def _recover_index(self, rid: str, out: Any) -> int:
+        req = self.engine.get_request(rid)
+        if req is not None:
+            frontend = req.metadata.get(FRONTEND_KEY)
+            if frontend:
+                self._frontends[rid] = frontend
+            return max(0, len(req.output_token_ids) - len(out.new_token_ids))
+        return 0
+
+    def _error(self, rid: str, message: str) -> None:
+        with self._lock:
+            self._next_index.pop(rid, None)
+            frontend = self._frontends.pop(rid, None)
+        if frontend:
+            self._call(self._send_tokens, {frontend: [{"rid": rid, "error": message, "inst": self.instance_id}]})
+
+    def _finish_aborted(self, rid: str) -> None:
+        with self._lock:
+            start = self._next_index.pop(rid, 0)
+            frontend = self._frontends.pop(rid, None)
+        if frontend:
+            msg = {"rid": rid, "i": start, "ids": [], "text": "", "done": True, "reason": "abort", "inst": self.instance_id}
+            self._call(self._send_tokens, {frontend: [msg]})
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            rids = list(self._next_index)
+        for rid in rids:
+            try:
+                self.engine.abort(rid)
+            except Exception:
+                logger.exception("abort of %s failed", rid)
+            self._error(rid, message)
+
+    def _push_load(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < self.load_report_interval_s:
+            return
+        self._last_report = now
+        try:
+            load = self.load()
+        except Exception:
+            logger.exception("load() failed on %s", self.instance_id)
+            return
+        self._call(self._report_load, load)
+
+    def _call(self, fn: Callable, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the event loop is closed: the worker is shutting down
+            pass
