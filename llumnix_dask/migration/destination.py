@@ -78,6 +78,7 @@ class MigrationDestination:
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._committed: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()  # aborted / expired
         self.events: collections.deque[DestinationEvent] = collections.deque(maxlen=1000)
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -116,8 +117,9 @@ class MigrationDestination:
             raise ValueError(f"num_blocks: must be an integer >= 0, got {num_blocks!r}")
         with self._lock:
             first = migration_id not in self._sessions
-            if first and migration_id in self._committed:
-                raise ValueError(f"migration {migration_id!r} was already committed on {self.name}")
+            if first and (migration_id in self._committed or migration_id in self._closed):
+                # A late stage of a migration that expired or ended here: never reopen it half-filled.
+                raise UnknownMigration(f"migration {migration_id!r} already ended on {self.name}")
             watermark = self.config.dst_watermark_blocks if first else 0
             ids = self.engine.reserve_blocks(num_blocks, watermark) if num_blocks or first else []
             if ids is None:
@@ -191,6 +193,9 @@ class MigrationDestination:
     def _drop(self, s: _Session) -> None:
         # Caller holds the lock and has removed s from the sessions.
         s.dropped = True
+        self._closed[s.migration_id] = None
+        while len(self._closed) > _COMMITTED_MEMORY:
+            self._closed.popitem(last=False)
         if s.importing == 0:
             self.engine.free_blocks(s.block_ids)
 

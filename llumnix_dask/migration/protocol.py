@@ -214,7 +214,9 @@ def _check_running(engine: EngineBackend, request: Request, preemptions: int) ->
     """Abort if the request left the batch since the migration started (its blocks may be gone)."""
     live = engine.get_request(request.request_id)
     if live is None or live.status.done:
-        raise MigrationAborted("finished" if live is None or live.status is RequestStatus.FINISHED else "aborted")
+        # Engines forget finished and aborted requests; the object we hold still says which it was.
+        status = (live or request).status
+        raise MigrationAborted("aborted" if status is RequestStatus.ABORTED else "finished")
     if live.num_preemptions != preemptions or live.status is not RequestStatus.RUNNING:
         raise MigrationAborted("preempted")
 
