@@ -440,17 +440,35 @@ class Cluster:
         return head + table + "</table>"
 
 
+class _TokenizerAdapter:
+    """``tokenizers.Tokenizer`` with the ``encode -> list[int]`` / ``decode`` shape the frontend uses."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
 def _load_tokenizer(config: EngineConfig) -> Any:
-    """The engine's tokenizer for frontend-side tokenization (None if the backend has none)."""
-    try:
-        from llumnix_dask import engine as engine_pkg
-    except ImportError:
+    """The model's tokenizer for frontend-side tokenization (None if the model has none)."""
+    from pathlib import Path
+
+    if config.backend != "nano" and config.model is None:
         return None
-    loader = getattr(engine_pkg, "load_tokenizer", None)
-    if loader is None:
+    if config.model is not None:
+        root = Path(config.model)
+    else:
+        from llumnix_dask.engine.nano.tiny_model import default_model_dir
+
+        root = default_model_dir()
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        logger.warning("model %s has no tokenizer.json; prompts must be token ids", root)
         return None
-    try:
-        return loader(config)
-    except Exception:
-        logger.warning("could not load the tokenizer for %s; prompts must be token ids", config.model, exc_info=True)
-        return None
+    from tokenizers import Tokenizer
+
+    return _TokenizerAdapter(Tokenizer.from_file(str(path)))
