@@ -1,0 +1,144 @@
+"""The global scheduler's decisions, without a Dask cluster."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad
+from llumnix_dask.scheduler.core import GlobalScheduler, NoInstanceAvailable, updated_policy
+from llumnix_dask.scheduler.stats import FinishedRequest, percentile
+
+
+def idle(iid: str, blocks: int = 100) -> InstanceLoad:
+    return InstanceLoad(iid, total_blocks=blocks, used_blocks=0)
+
+
+def busy(iid: str, blocks: int = 100) -> InstanceLoad:
+    running = (RequestLoad(f"{iid}-a", 45, num_tokens=700), RequestLoad(f"{iid}-b", 50, num_tokens=800))
+    return InstanceLoad.from_requests(iid, blocks, 95, running=running)
+
+
+def make(*loads: InstanceLoad, **policy) -> GlobalScheduler:
+    clock = iter(range(10**6))
+    gs = GlobalScheduler(PolicyConfig(**policy), clock=lambda: float(next(clock)))
+    for load in loads:
+        gs.register(load.instance_id, f"tcp://{load.instance_id}:1", load, name=load.instance_id)
+    return gs
+
+
+def test_dispatch_without_instances_says_why():
+    with pytest.raises(NoInstanceAvailable, match="no engine instance"):
+        make().dispatch(RequestLoad("r", 1))
+
+
+def test_a_burst_spreads_over_instances_between_load_reports():
+    gs = make(idle("a"), idle("b"), idle("c"))
+    chosen = [gs.dispatch(gs.request_load(f"r{i}", 160)).instance_id for i in range(6)]
+    assert sorted(chosen) == ["a", "a", "b", "b", "c", "c"]
+    assert gs.request_locations["r5"] == chosen[5]
+
+
+def test_dispatch_avoids_the_loaded_instance_and_explains_it():
+    gs = make(busy("a"), idle("b"))
+    assert gs.dispatch(RequestLoad("r", 2)).instance_id == "b"
+    last = gs.explain(1)[0]
+    assert last["kind"] == "dispatch" and last["instance_id"] == "b" and last["request_id"] == "r"
+    assert last["reason"]["policy"] == "llumnix"
+
+
+def test_draining_instance_gets_no_requests_and_is_migrated_from():
+    gs = make(busy("a"), idle("b"), idle("c", blocks=1000))
+    gs.drain("b", "test")
+    assert all(gs.dispatch(RequestLoad(f"r{i}", 1)).instance_id != "b" for i in range(3))
+    gs.update_load(busy("b"))  # a fresh report does not undo the drain
+    assert gs.instances["b"].load.terminating
+    plans = gs.plan_migrations()
+    assert any(p.src.instance_id == "b" for p in plans)
+
+
+def test_drain_migrates_even_when_the_policy_never_migrates():
+    gs = make(busy("a"), idle("b"), dispatch="infaas")
+    assert gs.plan_migrations() == []
+    gs.drain("a", "scale down")
+    plans = gs.plan_migrations()
+    assert [(p.src.instance_id, p.dst.instance_id) for p in plans] == [("a", "b")]
+    assert plans[0].request_id in ("a-a", "a-b")
+
+
+def test_drained_instance_is_ready_to_retire_only_when_empty():
+    gs = make(busy("a"), idle("b"))
+    gs.drain("a", "test")
+    assert gs.drained() == []
+    gs.update_load(idle("a"))
+    assert [r.instance_id for r in gs.drained()] == ["a"]
+
+
+def test_one_migration_at_a_time_per_instance():
+    gs = make(busy("a"), busy("b"), idle("c"), idle("d"))
+    plans = gs.plan_migrations()
+    assert len(plans) == 2
+    for p in plans:
+        gs.migration_started(p)
+    assert gs.plan_migrations() == []
+    p = plans[0]
+    gs.migration_finished(p.src.instance_id, p.dst.instance_id, p.request_id, True, "ok", {"downtime_s": 0.02})
+    assert gs.request_locations[p.request_id] == p.dst.instance_id
+    assert gs.migration_log[-1]["downtime_s"] == 0.02
+    assert gs.snapshot()["counters"]["migrations"] == 1
+
+
+def test_choose_to_drain_keeps_one_instance():
+    gs = make(busy("a"), idle("b"))
+    assert gs.choose_to_drain(1) == ["b"]
+    with pytest.raises(ValueError, match="at least one must stay"):
+        gs.choose_to_drain(2)
+
+
+def test_scaling_up_raises_the_target_and_down_drains_the_emptiest():
+    gs = make(busy("a"), scaling_enabled=True, scaling_patience_s=0, max_instances=3)
+    assert gs.scaling_tick().action == "up"
+    assert gs.target_instances == 2
+    gs = make(idle("a"), idle("b"), scaling_enabled=True, scaling_patience_s=0)
+    decision = gs.scaling_tick()
+    assert decision.action == "down"
+    assert gs.instances[decision.instance_id].terminating and gs.target_instances == 1
+
+
+def test_policy_knobs_are_validated_and_coerced():
+    gs = make(idle("a"))
+    assert gs.set_policy({"dispatch": "round_robin", "migration_enabled": "false"}).migration_enabled is False
+    with pytest.raises(ValueError, match="unknown field"):
+        gs.set_policy({"warp_speed": 9})
+    with pytest.raises(ValueError, match="dispatch"):
+        updated_policy(PolicyConfig(), {"dispatch": "fastest"})
+    assert gs.explain(1, kind="policy")[0]["reason"].startswith("knobs changed")
+
+
+def test_unregister_forgets_the_instance_and_its_requests():
+    gs = make(idle("a"), idle("b"))
+    rid = gs.dispatch(RequestLoad("r", 1)).instance_id
+    gs.unregister(rid)
+    assert "r" not in gs.request_locations and rid not in gs.instances
+    assert [c for _, c in gs.snapshot()["instance_count"]] == [1, 2, 1]
+
+
+def test_snapshot_is_plain_data_with_latency_per_priority():
+    gs = make(idle("a"))
+    for i, (prio, ttft) in enumerate([(0, 0.1), (0, 0.3), (1, 0.05)]):
+        gs.request_finished(FinishedRequest(f"r{i}", prio, 1.0, ttft, 0.01, 0.5, 8, 0, "length", 0.2))
+    snap = gs.snapshot()
+    assert snap["latency"]["normal"]["ttft"]["count"] == 2
+    assert snap["latency"]["high"]["ttft"]["mean"] == pytest.approx(0.05)
+    assert snap["latency"]["all"]["slo_attainment"] == pytest.approx(2 / 3)
+    assert snap["instances"][0]["freeness"] == 100.0 and snap["policy"]["dispatch"] == "llumnix"
+    import msgpack
+
+    msgpack.packb(snap, default=lambda o: math.nan)  # plain values only: travels over any comm
+
+
+def test_percentile_interpolates():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([], 99) is None
