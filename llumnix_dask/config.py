@@ -214,10 +214,12 @@ class LatencyModel:
     decode_ms_per_seq: float = 0.2
     decode_ms_per_kv_token: float = 0.0005
     # Migration cost model: per-block copy time of one stage, and the fixed handshake cost of a stage.
-    migration_ms_per_block: float = 0.05
+    # Anchor: a blocking copy of 8k tokens (512 blocks of 16) takes ~2-3.5 s -> ~5 ms per block.
+    migration_ms_per_block: float = 5.0
     migration_stage_overhead_ms: float = 2.0
-    # Downtime: the last stage's copy plus the commit handshake on both sides.
-    migration_commit_ms: float = 20.0
+    # Downtime: the last stage's copy plus the commit handshake on both sides. Anchor: downtime ~20-30 ms,
+    # flat from 256 to 8k tokens (the last stage copies only the few blocks written during the stage before).
+    migration_commit_ms: float = 15.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -239,6 +241,8 @@ class SimConfig:
     # Lifetime of a newly added instance before it serves (scale-up cold start), seconds.
     instance_startup_s: float = 10.0
     seed: int = 0
+    # Simulated seconds between samples of the cluster state (fragmentation).
+    sample_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("num_instances", "blocks_per_instance", "block_size", "max_batch_size", "max_batched_tokens"):
@@ -246,6 +250,7 @@ class SimConfig:
             if not isinstance(value, int) or value < 1:
                 _fail(self, name, f"must be an integer >= 1, got {value!r}")
         _check_positive(self, "instance_startup_s", allow_zero=True)
+        _check_positive(self, "sample_interval_s")
 
 
 @dataclass(frozen=True)

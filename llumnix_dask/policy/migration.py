@@ -23,11 +23,14 @@ Request selection (``request_selection``), over the source's requests that are n
 blocks fit in the destination's free blocks (queued requests have no KV: moving them is cheap, they
 count with their demand):
 
-* ``SR`` shortest request (fewest tokens) - least to copy, the default;
-* ``LR`` longest request (most tokens) - frees the most memory;
+* ``SR`` shortest running request (fewest tokens) - least to copy, the default;
+* ``LR`` longest running request (most tokens) - frees the most memory;
 * ``LCR`` last-come running request (latest arrival); falls back to the last queued one;
 * ``FCW`` first-come waiting request (the head of the queue, what de-fragmentation unblocks); falls
   back to the shortest running one.
+
+SR, LR and LCR move a running request when one is eligible - freeing blocks on the source is what lets its
+blocked head-of-line request start (de-fragmentation) - and fall back to the queued requests otherwise.
 """
 
 from __future__ import annotations
@@ -100,11 +103,11 @@ def select_request(src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig) -
     waiting = [r for r in src.waiting if not r.migrating and r.blocks <= room]
     rule = config.request_selection
     if rule == "SR":
-        pool = running + waiting
+        pool = running or waiting
         # Ties: the earlier-arrived one (it has waited longest on the overloaded instance).
         return min(pool, key=lambda r: (r.num_tokens, r.arrival_time)) if pool else None
     if rule == "LR":
-        pool = running + waiting
+        pool = running or waiting
         return max(pool, key=lambda r: (r.num_tokens, -r.arrival_time)) if pool else None
     if rule == "LCR":
         if running:

@@ -63,7 +63,7 @@ def pick(rule, src=SRC, dst=DST):
 
 
 def test_request_selection_rules():
-    assert pick("SR") == "q2"  # fewest tokens, queued requests are eligible
+    assert pick("SR") == "short"  # fewest tokens among the running requests
     assert pick("LR") == "long"
     assert pick("LCR") == "late"
     assert pick("FCW") == "q1"
@@ -74,6 +74,8 @@ def test_selection_skips_migrating_and_requests_that_do_not_fit():
                                   migrating=r.request_id == "q2") for r in RUN + WAIT)
     src = InstanceLoad.from_requests("s", 100, 65, running=migrating[:3], waiting=migrating[3:])
     assert pick("SR", src) == "short"
+    queued_only = InstanceLoad.from_requests("s", 100, 0, waiting=migrating[3:])
+    assert pick("SR", queued_only) == "q1"  # no running request: a queued one (q2 is migrating)
     small_dst = InstanceLoad("d", 100, 75)  # 25 free blocks: "long" (40) and "q1" (30) do not fit
     assert pick("LR", src, small_dst) == "late"
     assert pick("FCW", src, small_dst) == "short"  # no fitting queued request -> shortest running

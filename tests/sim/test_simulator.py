@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+
+from llumnix_dask.config import MigrationConfig, PolicyConfig, SimConfig
+from llumnix_dask.sim import Simulator, plot_latency_cdfs, simulate
+from llumnix_dask.workloads import generate_trace, trace_from_lengths
+
+
+def small_trace(n=400, rate=40.0, seed=0, hp=0.0):
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(8, 400, size=n)
+    outputs = rng.integers(4, 300, size=n)
+    return trace_from_lengths(inputs, outputs, n, rate, arrival="gamma", cv=3.0, seed=seed,
+                              high_priority_fraction=hp)
+
+
+def small_config(**policy):
+    return SimConfig(num_instances=4, blocks_per_instance=120, policy=PolicyConfig(**policy),
+                     instance_startup_s=1.0, sample_interval_s=0.5)
+
+
+class CheckedSimulator(Simulator):
+    """Checks block accounting after every engine step."""
+
+    def _on_step_end(self, engine, now):
+        super()._on_step_end(engine, now)
+        for e in self.engines.values():
+            assert 0 <= e.num_free_blocks <= e.num_blocks
+            held = sum(len(s.block_ids) for s in e._running) + sum(len(b) for _, b in e._paused.values())
+            assert held <= e.num_blocks - e.num_free_blocks  # the rest is reserved for incoming migrations
+
+
+@pytest.mark.parametrize("policy", ["llumnix", "infaas", "round_robin", "random"])
+def test_every_request_finishes_exactly_once_and_blocks_stay_in_budget(policy):
+    sim = CheckedSimulator(small_config(dispatch=policy), small_trace())
+    res = sim.run()
+    df = res.requests
+    assert len(df) == 400 and df["finished"].all() and df["request_id"].is_unique
+    assert (df["prefill_s"] > 0).all() and (df["e2e_s"] >= df["prefill_s"]).all()
+    for e in sim.engines.values():
+        assert e.num_free_blocks == e.num_blocks and not e.has_work()
+    assert res.overall["preemptions"] > 0  # the small caches are under pressure in this trace
+    if policy == "llumnix":
+        assert res.migrations["committed"] + res.migrations["queued_moves"] > 0
+        assert (df["migrations"] > 0).any()
+    else:
+        assert res.migrations["started"] == 0 and (df["migrations"] == 0).all()
+
+
+def test_llumnix_migration_lowers_preemption_loss_under_pressure():
+    trace = small_trace(n=600, rate=45.0, seed=3)
+    llumnix = simulate(small_config(dispatch="llumnix"), trace)
+    infaas = simulate(small_config(dispatch="infaas"), trace)
+    assert llumnix.overall["preemption_loss_s"] < infaas.overall["preemption_loss_s"]
+    assert llumnix.migrations["mean_downtime_ms"] < 100
+
+
+def test_scaling_drains_instances_without_losing_requests():
+    cfg = SimConfig(
+        num_instances=4, blocks_per_instance=120, instance_startup_s=1.0,
+        policy=PolicyConfig(scaling_enabled=True, min_instances=1, max_instances=6, scaling_interval_s=1.0,
+                            scaling_patience_s=2.0, scale_up_freeness=5, scale_down_freeness=55),
+    )
+    # A burst, then a quiet tail: scale up during the burst, drain instances in the tail.
+    burst = small_trace(n=300, rate=60.0, seed=1)
+    tail = small_trace(n=60, rate=1.0, seed=2)
+    trace = trace_from_lengths(np.r_[burst.input_lens, tail.input_lens], np.r_[burst.output_lens, tail.output_lens],
+                               360, 1.0)
+    trace = type(trace)(np.r_[burst.arrival_s, burst.arrival_s[-1] + tail.arrival_s], trace.input_lens,
+                        trace.output_lens, trace.high_priority, "burst+tail")
+    for policy in ("llumnix", "infaas"):
+        sim = CheckedSimulator(cfg if policy == "llumnix" else
+                               SimConfig(**{**cfg.__dict__, "policy": PolicyConfig(**{**cfg.policy.__dict__,
+                                                                                       "dispatch": "infaas"})}),
+                               trace)
+        res = sim.run()
+        actions = [e["action"] for e in res.scaling_events]
+        assert "down" in actions and "removed" in actions, (policy, actions)
+        assert res.requests["finished"].all() and len(res.requests) == 360
+        assert 1 <= res.average_instances <= 6
+        assert len(sim.engines) < 6
+
+
+def test_migration_with_tiny_destination_watermark_refuses_and_loses_nothing():
+    cfg = SimConfig(num_instances=3, blocks_per_instance=120, migration=MigrationConfig(dst_watermark_blocks=120),
+                    policy=PolicyConfig())
+    res = simulate(cfg, small_trace(n=200, rate=40.0))
+    assert res.migrations["started"] == 0 and res.migrations["refused"] > 0 and res.requests["finished"].all()
+
+
+def test_priority_split_and_result_serialisation(tmp_path):
+    res = simulate(small_config(), small_trace(n=200, hp=0.2))
+    d = res.to_dict()
+    assert set(d["by_priority"]) == {"high", "normal"} and d["by_priority"]["high"]["requests"] == 40
+    json.dumps(d)  # JSON-ready
+    paths = res.save(tmp_path, "run")
+    assert paths["png"].stat().st_size > 1000 and json.loads(paths["json"].read_text())["overall"]["requests"] == 200
+    png = plot_latency_cdfs({"a": res, "b": res}, tmp_path / "two.png")
+    assert png.exists()
+
+
+def test_simulation_is_deterministic():
+    a = simulate(small_config(), small_trace(n=150)).requests
+    b = simulate(small_config(), small_trace(n=150)).requests
+    assert a["e2e_s"].equals(b["e2e_s"])
+
+
+def test_rejects_requests_larger_than_an_instance():
+    with pytest.raises(ValueError, match="KV cache"):
+        Simulator(SimConfig(blocks_per_instance=10), generate_trace("L-L", 50, 1.0))
