@@ -62,6 +62,37 @@ def make_tiny_model_command(
     typer.echo(f"wrote {path} ({read_model_args(path).num_params / 1e6:.1f}M parameters)")
 
 
+@app.command("sim")
+def sim_command(
+    trace: str = typer.Option("M-M", help="S-S, M-M, L-L, S-L, L-S, or a ShareGPT .json/.jsonl / BurstGPT .csv file."),
+    rate: float = typer.Option(7.5, help="Mean arrival rate, requests per second."),
+    arrival: str = typer.Option("poisson", help="poisson or gamma."),
+    cv: float = typer.Option(1.0, help="Coefficient of variation of Gamma inter-arrival times."),
+    instances: int = typer.Option(16, help="Instances (the starting count when scaling)."),
+    requests: int = typer.Option(10_000, help="Requests in the trace."),
+    policy: str = typer.Option("llumnix", help="llumnix, infaas, round_robin or random."),
+    scale_band: str = typer.Option(None, help="Enable auto-scaling with freeness band 'x,y' (e.g. 25,75)."),
+    min_instances: int = typer.Option(1, help="Scaling lower limit."),
+    max_instances: int = typer.Option(16, help="Scaling upper limit."),
+    high_priority: float = typer.Option(0.0, help="Fraction of high-priority requests."),
+    selection: str = typer.Option("SR", help="Migration request selection: SR, LR, LCR or FCW."),
+    seed: int = typer.Option(0, help="Seed of the trace and the random policy."),
+    out: str = typer.Option(None, help="Directory for sim.json, sim_requests.csv and sim_cdf.png."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Simulate N instances under a trace with the real policies; print latencies (mean, P99)."""
+    from pathlib import Path
+
+    from llumnix_dask.sim.cli import run_sim_command
+
+    try:
+        run_sim_command(trace, rate, arrival, cv, instances, requests, policy, scale_band, min_instances,
+                        max_instances, high_priority, selection, seed, Path(out) if out else None, progress)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()
 
