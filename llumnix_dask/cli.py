@@ -93,6 +93,77 @@ def sim_command(
         raise typer.Exit(2) from None
 
 
+@app.command("up")
+def up_command(
+    instances: int = typer.Option(None, help="Engine instances (default: one per GPU, else 2)."),
+    model: str = typer.Option(None, help="HF checkpoint directory (default: the built-in tiny model)."),
+    backend: str = typer.Option("nano", help="Engine backend: nano, vllm or sim."),
+    host: str = typer.Option("127.0.0.1", help="HTTP bind address."),
+    port: int = typer.Option(8000, help="HTTP port (0 = any free port)."),
+    api_key: str = typer.Option(None, help="Require this API key (or set LLUMNIX_DASK_API_KEY)."),
+    policy: str = typer.Option("llumnix", help="Dispatch policy: llumnix, infaas, round_robin or random."),
+    migration: bool = typer.Option(True, help="Live migration between instances."),
+    scheduler: str = typer.Option(None, help="Attach to an existing Dask scheduler (tcp://host:8786)."),
+    dashboard_address: str = typer.Option(":8787", help="Dask dashboard address of the embedded cluster."),
+) -> None:
+    """Start an embedded cluster (or attach to a Dask scheduler) and serve the OpenAI-compatible API."""
+    from llumnix_dask.serve.commands import run_up
+
+    try:
+        run_up(instances, model, backend, host, port, api_key, policy, scheduler, migration, dashboard_address)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("status")
+def status_command(
+    url: str = typer.Option("http://127.0.0.1:8000", help="A running llumnix-dask HTTP server."),
+    scheduler: str = typer.Option(None, help="Ask a Dask scheduler (tcp://host:8786) directly instead."),
+    api_key: str = typer.Option(None, help="API key of the server (or LLUMNIX_DASK_API_KEY)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the raw snapshot as JSON."),
+) -> None:
+    """Show the instances, their load and the rolling latencies of a running cluster."""
+    from llumnix_dask.serve.commands import run_status
+
+    try:
+        run_status(url, scheduler, api_key, json_output)
+    except Exception as e:  # connection refused, auth: say what happened, no traceback
+        typer.echo(f"error: cannot get the status: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("bench")
+def bench_command(
+    url: str = typer.Option("http://127.0.0.1:8000", help="A running OpenAI-compatible server."),
+    trace: str = typer.Option("S-S", help="Length preset: S-S, M-M, L-L, S-L or L-S."),
+    requests: int = typer.Option(50, help="Requests to send."),
+    rate: float = typer.Option(2.0, help="Mean arrival rate, requests per second."),
+    arrival: str = typer.Option("gamma", help="poisson or gamma."),
+    cv: float = typer.Option(4.0, help="Coefficient of variation of Gamma inter-arrival times."),
+    max_input: int = typer.Option(256, help="Clip input lengths (small machines)."),
+    max_output: int = typer.Option(64, help="Clip output lengths (small machines)."),
+    length_scale: float = typer.Option(0.5, help="Multiply the trace's lengths by this before clipping."),
+    high_priority: float = typer.Option(0.0, help="Fraction of high-priority requests."),
+    api_key: str = typer.Option(None, help="API key of the server (or LLUMNIX_DASK_API_KEY)."),
+    model: str = typer.Option("", help="Model name to send (empty = the server's)."),
+    seed: int = typer.Option(0, help="Seed of the trace and the prompts."),
+    out: str = typer.Option("bench_results.json", help="Where to write the JSON results."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Drive a running server with a trace over HTTP; print TTFT/TPOT/E2E mean and P99; write JSON."""
+    from llumnix_dask.serve.commands import run_bench
+
+    try:
+        run_bench(url, trace, requests, rate, arrival, cv, max_input, max_output, length_scale, high_priority,
+                  api_key, model, seed, out, progress)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()
 

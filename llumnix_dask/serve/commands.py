@@ -1,0 +1,185 @@
+"""What ``llumnix-dask up``, ``status`` and ``bench`` do (the typer wrappers live in ``llumnix_dask.cli``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llumnix_dask.config import PolicyConfig, ServeConfig
+
+API_KEY_ENV = "LLUMNIX_DASK_API_KEY"
+
+
+def default_instances() -> int:
+    """One instance per GPU when there are GPUs, else 2 (enough to see dispatch and migration on a laptop)."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:
+        n = 0
+    return n or 2
+
+
+def run_up(
+    instances: int | None,
+    model: str | None,
+    backend: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    policy: str,
+    scheduler: str | None,
+    migration: bool,
+    dashboard_address: str,
+) -> None:
+    """Start a cluster (or attach to ``scheduler``) and serve it over HTTP until Ctrl-C."""
+    from rich.console import Console
+
+    from llumnix_dask.cluster import Cluster
+    from llumnix_dask.serve.server import RunningServer
+
+    console = Console()
+    n = instances or default_instances()
+    policy_config = PolicyConfig(dispatch=policy, migration_enabled=migration)
+    model_name = Path(model).name if model else ServeConfig().model_name
+    serve_config = ServeConfig(host=host, port=port, api_key=api_key or os.environ.get(API_KEY_ENV), model_name=model_name)
+    where = f"attaching to {scheduler}" if scheduler else f"starting {n} {backend} instance(s)"
+    with console.status(f"[bold]llumnix-dask[/]: {where} (the first start builds the tiny model)..."):
+        cluster = Cluster(
+            n_instances=n,
+            model=model,
+            backend=backend,
+            address=scheduler,
+            policy=policy_config,
+            dashboard_address=dashboard_address,
+        )
+    try:
+        server = RunningServer(cluster, serve_config, log_level="warning")
+        rows = cluster._instance_rows()
+        console.print(f"[bold green]llumnix-dask is up[/]: {len(rows)} instance(s), dispatch={policy}, "
+                      f"migration={'on' if migration else 'off'}")
+        console.print(f"  OpenAI API      {server.url}/v1   (model '{model_name}')")
+        console.print(f"  Dask dashboard  {cluster.dashboard_link or 'n/a'}")
+        console.print(f"  Dask scheduler  {cluster.scheduler_address}")
+        console.print(f"  metrics         {server.url}/metrics")
+        if serve_config.api_key:
+            console.print("  API key         required (Authorization: Bearer ...)")
+        console.print(f"Try: curl {server.url}/v1/completions -H 'Content-Type: application/json' "
+                      "-d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 16}'" +
+                      (" -H 'Authorization: Bearer $LLUMNIX_DASK_API_KEY'" if serve_config.api_key else ""))
+        console.print("Press Ctrl-C to stop.")
+        server.run()
+    finally:
+        cluster.close()
+
+
+def _fetch_snapshot(url: str | None, scheduler: str | None, api_key: str | None) -> dict:
+    if scheduler:
+        import asyncio
+
+        from distributed.core import rpc
+
+        async def call() -> dict:
+            async with rpc(scheduler) as r:
+                return await r.llumnix_snapshot()
+
+        return asyncio.run(call())
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    resp = httpx.get(f"{url.rstrip('/')}/llumnix/snapshot", headers=headers, timeout=10)
+    if resp.status_code != 200:
+        raise RuntimeError(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
+    return resp.json()
+
+
+def _fmt(v: Any, unit: float = 1.0) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v * unit:.1f}" if isinstance(v, float) else str(v)
+
+
+def run_status(url: str | None, scheduler: str | None, api_key: str | None, as_json: bool) -> None:
+    """Print the instances, counters and rolling latencies of a running server or scheduler."""
+    from rich.console import Console
+    from rich.table import Table
+
+    snap = _fetch_snapshot(url, scheduler, api_key or os.environ.get(API_KEY_ENV))
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(snap, default=str))
+        return
+    pol = snap.get("policy", {})
+    console.print(f"dispatch=[bold]{pol.get('dispatch')}[/] migration={'on' if pol.get('migration_enabled') else 'off'}"
+                  f" scaling={'on' if pol.get('scaling_enabled') else 'off'}  counters: {snap.get('counters')}")
+    table = Table(title=f"{len(snap.get('instances', []))} instance(s)")
+    for col in ("instance", "device", "running", "queued", "KV used", "freeness", "dispatched", "state"):
+        table.add_column(col)
+    for row in snap.get("instances", []):
+        state = "draining" if row.get("terminating") else ("migrating" if row.get("migrating") else "serving")
+        table.add_row(row["instance_id"], str(row.get("device", "")), str(row["num_running"]), str(row["num_waiting"]),
+                      f"{100 * row.get('kv_usage', 0):.0f}%", _fmt(row.get("freeness")), str(row.get("dispatched", 0)), state)
+    console.print(table)
+    lat = Table(title="rolling latency (ms)")
+    for col in ("priority", "requests", "TTFT mean", "TTFT P99", "TPOT mean", "TPOT P99"):
+        lat.add_column(col)
+    for prio, s in snap.get("latency", {}).items():
+        lat.add_row(prio, str(s["ttft"]["count"]), _fmt(s["ttft"]["mean"], 1e3), _fmt(s["ttft"]["p99"], 1e3),
+                    _fmt(s["tpot"]["mean"], 1e3), _fmt(s["tpot"]["p99"], 1e3))
+    console.print(lat)
+
+
+def run_bench(
+    url: str,
+    trace_name: str,
+    requests: int,
+    rate: float,
+    arrival: str,
+    cv: float,
+    max_input: int,
+    max_output: int,
+    length_scale: float,
+    high_priority: float,
+    api_key: str | None,
+    model: str,
+    seed: int,
+    out: str | None,
+    progress: bool,
+) -> dict:
+    """Replay a generated trace against ``url``; print TTFT/TPOT/E2E mean and P99; write JSON."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from llumnix_dask.serve.bench import records_as_dicts, replay, scale_trace_lengths, summary
+    from llumnix_dask.workloads import generate_trace
+
+    trace = generate_trace(trace_name, requests, rate, arrival=arrival, cv=cv,
+                           high_priority_fraction=high_priority, seed=seed)
+    trace = scale_trace_lengths(trace, max_input, max_output, length_scale)
+    start = time.perf_counter()
+    records = asyncio.run(replay(url.rstrip("/"), trace, api_key=api_key or os.environ.get(API_KEY_ENV),
+                                 model=model, seed=seed, progress=progress))
+    result = {"url": url, "trace": trace.describe(), "summary": summary(records, time.perf_counter() - start),
+              "requests": records_as_dicts(records)}
+    table = Table(title=f"{trace.name}: {result['summary']['ok']}/{len(records)} ok")
+    for col in ("metric", "mean (ms)", "P50 (ms)", "P99 (ms)"):
+        table.add_column(col)
+    for metric in ("ttft", "tpot", "e2e"):
+        s = result["summary"][metric]
+        table.add_row(metric.upper(), _fmt(s["mean"], 1e3), _fmt(s["p50"], 1e3), _fmt(s["p99"], 1e3))
+    console = Console()
+    console.print(table)
+    if result["summary"].get("first_error"):
+        console.print(f"[red]first error:[/] {result['summary']['first_error']}")
+    path = Path(out) if out else Path("bench_results.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str))
+    console.print(f"wrote {path}")
+    return result
