@@ -84,7 +84,7 @@ class Cluster:
                 n_workers=n_instances,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=dashboard_address,
+                dashboard_address=dashboard_address or ":0",  # None: any free port
                 silence_logs=silence_logs,
             )
             self.client = Client(self._local)

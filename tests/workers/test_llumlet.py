@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from fake_engine import FakeEngine
+from toy_engine import FakeEngine
 
 from llumnix_dask.engine.base import MigrationState
 from llumnix_dask.request import Request, SamplingParams

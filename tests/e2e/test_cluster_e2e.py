@@ -1,0 +1,118 @@
+"""The Python API on a real LocalCluster with nano engines (the built-in tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from llumnix_dask import Cluster, EngineConfig, PolicyConfig
+from llumnix_dask.serve.frontend import RequestFailed
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+PROMPT = "Once upon a time"
+# Small KV caches keep the worker processes light; migration on, balancing off unless a test turns it on.
+ENGINE = EngineConfig(num_blocks=256, max_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with Cluster(2, engine=ENGINE, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as c:
+        yield c
+
+
+def wait_until(cond, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.05)
+
+
+def idle(cluster) -> bool:
+    df = cluster.instances()
+    return int(df["num_running"].sum() + df["num_waiting"].sum()) == 0
+
+
+def test_generate_and_stream_give_the_same_greedy_text(cluster):
+    done = cluster.generate(PROMPT, max_tokens=12, ignore_eos=True, details=True)
+    assert len(done.token_ids) == 12 and done.finish_reason == "length" and done.ttft > 0
+    pieces = list(cluster.stream(PROMPT, max_tokens=12, ignore_eos=True))
+    assert "".join(pieces) == done.text == cluster.generate(PROMPT, max_tokens=12, ignore_eos=True)
+
+
+def test_a_list_of_prompts_gives_a_list_of_texts(cluster):
+    texts = cluster.generate(["a", "bb", "ccc"], max_tokens=4, ignore_eos=True)
+    assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_astream_works_from_another_event_loop(cluster):
+    async def collect():
+        return [p async for p in cluster.astream(PROMPT, max_tokens=6, ignore_eos=True)]
+
+    assert "".join(asyncio.run(collect())) == cluster.generate(PROMPT, max_tokens=6, ignore_eos=True)
+
+
+def test_a_burst_is_spread_over_the_instances(cluster):
+    futures = [cluster.submit(f"request {i}", max_tokens=24, ignore_eos=True) for i in range(6)]
+    first = [f.result(timeout=120).instances[0] for f in futures]
+    assert set(first) == {"instance-0", "instance-1"}
+    assert cluster.explain(6, kind="dispatch")["instance_id"].nunique() == 2
+
+
+def test_forced_migration_mid_stream_keeps_every_token(cluster):
+    reference = cluster.generate(PROMPT, max_tokens=120, ignore_eos=True, details=True)
+    chunks, result = [], None
+    for chunk in cluster.stream(PROMPT, max_tokens=120, ignore_eos=True, details=True):
+        chunks.append(chunk)
+        if len(chunks) == 5:
+            result = cluster.migrate(chunk.request_id)
+    assert result["ok"], result
+    tokens = [t for c in chunks for t in c.token_ids]
+    assert tokens == reference.token_ids
+    assert [c.index for c in chunks] == list(range(len(chunks)))  # in order, each token once
+    assert len({c.instance_id for c in chunks}) == 2
+    log = cluster.migrations()
+    assert log.iloc[-1]["request_id"] == chunks[0].request_id and bool(log.iloc[-1]["ok"])
+
+
+def test_stopping_a_stream_early_aborts_the_request(cluster):
+    stream = cluster.stream(PROMPT, max_tokens=1500, ignore_eos=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    wait_until(lambda: idle(cluster), what="the aborted request leaving its instance")
+
+
+def test_bad_requests_raise_clear_errors(cluster):
+    with pytest.raises(ValueError, match="max_tokens"):
+        cluster.generate(PROMPT, max_tokens=0)
+    with pytest.raises(ValueError, match="prompt"):
+        cluster.generate("", max_tokens=3)
+    with pytest.raises(RequestFailed, match="context"):
+        cluster.generate("word " * 3000, max_tokens=3)
+    with pytest.raises(ValueError, match="dispatch"):
+        cluster.set_policy(dispatch="fastest")
+    assert cluster.generate(PROMPT, max_tokens=2)  # still serving
+
+
+def test_scale_up_then_down_with_drain_loses_no_request(cluster):
+    cluster.scale(3)
+    assert len(cluster.instances()) == 3
+    n_tokens = 150
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(cluster.generate, f"story {i}", max_tokens=n_tokens, ignore_eos=True, details=True)
+                   for i in range(6)]
+        wait_until(lambda: int(cluster.instances()["num_running"].min()) >= 1, what="every instance busy")
+        before = len(cluster.migrations())
+        cluster.scale(2)  # drains one busy instance by live migration, then retires its worker
+        done = [f.result(timeout=180) for f in futures]
+    assert [len(d.token_ids) for d in done] == [n_tokens] * 6
+    assert len(cluster.instances()) == 2
+    drained = cluster.migrations().iloc[before:]
+    assert len(drained) >= 1 and drained["ok"].all()
+    assert any(len(d.instances) > 1 for d in done)  # some request really moved
