@@ -66,6 +66,10 @@ class PolicyConfig:
     # high-priority request so that it stays lightly loaded (small batches, fast decode).
     priorities_enabled: bool = True
     priority_headroom_blocks: int = 320
+    # Time-to-first-token targets (seconds) of normal and high-priority requests, None = no target. The
+    # dashboard draws them and the control panel edits them live; requests still carry their own ``slo``.
+    ttft_slo_s: float | None = None
+    ttft_slo_high_s: float | None = None
     # Auto-scaling: keep the cluster's average freeness inside [scale_up_freeness, scale_down_freeness].
     scaling_enabled: bool = False
     scale_up_freeness: float = 25.0
@@ -84,6 +88,7 @@ class PolicyConfig:
         _check_choice(self, "request_selection", REQUEST_SELECTIONS)
         _check_positive(self, "migration_interval_s", "scaling_interval_s")
         _check_positive(self, "priority_headroom_blocks", "scaling_patience_s", allow_zero=True)
+        _check_positive(self, "ttft_slo_s", "ttft_slo_high_s")
         if self.min_instances < 1:
             _fail(self, "min_instances", f"must be >= 1, got {self.min_instances}")
         if self.max_instances < self.min_instances:
