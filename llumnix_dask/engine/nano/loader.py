@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from llumnix_dask.engine.nano.linear import Linear
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
@@ -60,12 +62,10 @@ class ModelArgs:
 
 @dataclass
 class LayerWeights:
-    wqkv: torch.Tensor  # [(H + 2*KVH) * D, hidden]
-    bqkv: torch.Tensor | None
-    wo: torch.Tensor
-    bo: torch.Tensor | None  # Llama with attention_bias=True (Qwen2 has none)
-    w_gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    w_down: torch.Tensor
+    qkv: Linear  # fused q, k, v projections: [(H + 2*KVH) * D, hidden] (+ bias for Qwen2)
+    o: Linear  # (+ bias for Llama with attention_bias=True)
+    gate_up: Linear  # fused SwiGLU gate and up: [2 * intermediate, hidden]
+    down: Linear
     input_norm: torch.Tensor
     post_attn_norm: torch.Tensor
 
@@ -77,7 +77,7 @@ class Checkpoint:
     embed: torch.Tensor
     layers: list[LayerWeights]
     final_norm: torch.Tensor
-    lm_head: torch.Tensor  # the embedding itself when tied
+    lm_head: Linear  # the embedding's weights when tied
     tokenizer: Any | None  # tokenizers.Tokenizer, or None when the checkpoint has no tokenizer.json
 
 
@@ -169,7 +169,7 @@ def _load_tokenizer(root: Path):
     return Tokenizer.from_file(str(path))
 
 
-def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device) -> Checkpoint:
+def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device, prepack: bool) -> Checkpoint:
     raw = _read_safetensors(root)
 
     def take(name: str, required: bool = True) -> torch.Tensor | None:
@@ -189,12 +189,18 @@ def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device
             bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"]).contiguous()
         layers.append(
             LayerWeights(
-                wqkv=torch.cat([q, k, v]).contiguous(),
-                bqkv=bias,
-                wo=take(p + "self_attn.o_proj.weight").contiguous(),
-                bo=take(p + "self_attn.o_proj.bias", required=False) if args.attention_bias else None,
-                w_gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).contiguous(),
-                w_down=take(p + "mlp.down_proj.weight").contiguous(),
+                qkv=Linear(torch.cat([q, k, v]).contiguous(), bias, prepack),
+                o=Linear(
+                    take(p + "self_attn.o_proj.weight").contiguous(),
+                    take(p + "self_attn.o_proj.bias", required=False) if args.attention_bias else None,
+                    prepack,
+                ),
+                gate_up=Linear(
+                    torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).contiguous(),
+                    None,
+                    prepack,
+                ),
+                down=Linear(take(p + "mlp.down_proj.weight").contiguous(), None, prepack),
                 input_norm=take(p + "input_layernorm.weight"),
                 post_attn_norm=take(p + "post_attention_layernorm.weight"),
             )
@@ -211,7 +217,7 @@ def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device
         embed=embed,
         layers=layers,
         final_norm=take("model.norm.weight"),
-        lm_head=lm_head.contiguous(),
+        lm_head=Linear(lm_head.contiguous(), None, prepack),
         tokenizer=_load_tokenizer(root),
     )
 
@@ -221,17 +227,20 @@ _cache: "weakref.WeakValueDictionary[tuple, Checkpoint]" = weakref.WeakValueDict
 _cache_lock = threading.Lock()
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load (or reuse, within this process) the checkpoint in ``path``."""
+def load_checkpoint(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", prepack: bool = True
+) -> Checkpoint:
+    """Load (or reuse, within this process) the checkpoint in ``path``; ``prepack`` reorders CPU weights
+    for oneDNN (see :mod:`llumnix_dask.engine.nano.linear`)."""
     args = read_model_args(path)
     root = Path(path).expanduser().resolve()
     device = torch.device(device)
     stamp = max((p.stat().st_mtime_ns for p in root.glob("*.safetensors")), default=0)
-    key = (str(root), stamp, dtype, str(device))
+    key = (str(root), stamp, dtype, str(device), prepack)
     with _cache_lock:
         ckpt = _cache.get(key)
         if ckpt is None:
-            ckpt = _build(root, args, dtype, device)
+            ckpt = _build(root, args, dtype, device, prepack)
             _cache[key] = ckpt
     return ckpt
 

@@ -44,6 +44,17 @@ class NanoLlama:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
+    def _gather(self, cache: PagedKVCache, layer: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of every request's context, [B, kv_heads, blocks * block_size, head_dim] each.
+
+        One ``index_select`` over whole blocks (contiguous rows) for K and V together: much cheaper than
+        advanced indexing, which copies element by element.
+        """
+        B, nb = tables.shape
+        kv = cache.data[layer].view(2, cache.num_blocks, -1).index_select(1, tables.reshape(-1))
+        kv = kv.view(2, B, nb * cache.block_size, self.args.num_kv_heads, self.args.head_dim).transpose(2, 3)
+        return kv[0], kv[1]
+
     def forward(self, batch: ForwardBatch, cache: PagedKVCache) -> torch.Tensor:
         """Logits (float32) of the tokens listed in ``batch.logits_index``; writes the KV of every token."""
         a, ck = self.args, self.ckpt
@@ -62,7 +73,7 @@ class NanoLlama:
 
         for li, w in enumerate(ck.layers):
             h = rms_norm(x, w.input_norm, a.rms_norm_eps)
-            qkv = F.linear(h, w.wqkv, w.bqkv)
+            qkv = w.qkv(h)
             qk = self._rope(qkv[:, : (H + KVH) * Dh].view(T, H + KVH, Dh), cos, sin)
             q, k = qk[:, :H], qk[:, H:]
             v = qkv[:, (H + KVH) * Dh :].view(T, KVH, Dh)
@@ -72,27 +83,23 @@ class NanoLlama:
 
             parts = []
             if D:
-                bt = batch.dec_block_tables
-                kg = k_cache[bt].view(D, -1, KVH, Dh).transpose(1, 2)
-                vg = v_cache[bt].view(D, -1, KVH, Dh).transpose(1, 2)
+                kg, vg = self._gather(cache, li, batch.dec_block_tables)
                 qd = q[:D].reshape(D, KVH, G, Dh)
                 od = F.scaled_dot_product_attention(qd, kg, vg, attn_mask=batch.dec_mask)
                 parts.append(od.reshape(D, H * Dh))
             if pf_mask is not None:
-                bt = batch.pf_block_tables
                 P, Q = batch.pf_token_index.shape
-                kg = k_cache[bt].view(P, -1, KVH, Dh).transpose(1, 2)
-                vg = v_cache[bt].view(P, -1, KVH, Dh).transpose(1, 2)
+                kg, vg = self._gather(cache, li, batch.pf_block_tables)
                 qp = q[batch.pf_token_index].view(P, Q, KVH, G, Dh).permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Q, Dh)
                 op = F.scaled_dot_product_attention(qp, kg, vg, attn_mask=pf_mask)
                 op = op.view(P, KVH, G, Q, Dh).permute(0, 3, 1, 2, 4).reshape(P, Q, H * Dh)
                 parts.append(op[batch.pf_valid])
             attn = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + F.linear(attn, w.wo, w.bo)
+            x = x + w.o(attn)
 
             h = rms_norm(x, w.post_attn_norm, a.rms_norm_eps)
-            gate, up = F.linear(h, w.w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w.w_down)
+            gate, up = w.gate_up(h).chunk(2, dim=-1)
+            x = x + w.down(F.silu(gate) * up)
 
         x = rms_norm(x[batch.logits_index], ck.final_norm, a.rms_norm_eps)
-        return F.linear(x, ck.lm_head).float()
+        return ck.lm_head(x).float()
