@@ -5,7 +5,8 @@ Handlers it adds to the Dask scheduler (call them with ``client.scheduler.<name>
 =============================== ===========================================================================
 ``llumnix_register_instance``   a llumlet announces its engine (instance_id, address, name, load, info)
 ``llumnix_instance_load``       (stream handler) a llumlet's load report, over the worker's batched stream
-``llumnix_dispatch``            pick an instance for a new request -> ``{instance_id, address, reason}``
+``llumnix_dispatch``            pick an instance for a new request -> ``{status, instance_id, address}``
+``llumnix_dispatch_batch``      several dispatches in one round trip -> a list of those replies
 ``llumnix_request_finished``    the frontend reports finished requests (TTFT/TPOT for the snapshot)
 ``llumnix_explain``             the last N decisions with their reasons
 ``llumnix_snapshot``            a plain dict for dashboards (see :meth:`GlobalScheduler.snapshot`)
@@ -18,6 +19,7 @@ Handlers it adds to the Dask scheduler (call them with ``client.scheduler.<name>
 ``llumnix_scaling_plan``        what the cluster manager should do: target count and drained workers
 ``llumnix_set_target``          the wanted number of instances (``Cluster.scale``)
 ``llumnix_abort``                forward an abort to wherever the request lives now
+``llumnix_report_loads``         load reports by rpc (instances outside this Dask cluster, benchmarks)
 =============================== ===========================================================================
 """
 
@@ -70,6 +72,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         handlers = {
             "llumnix_register_instance": self.register_instance,
             "llumnix_dispatch": self.dispatch,
+            "llumnix_dispatch_batch": self.dispatch_batch,
             "llumnix_request_finished": self.request_finished,
             "llumnix_explain": self.explain,
             "llumnix_snapshot": self.snapshot,
@@ -82,6 +85,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             "llumnix_scaling_plan": self.scaling_plan,
             "llumnix_set_target": self.set_target,
             "llumnix_abort": self.abort,
+            "llumnix_report_loads": self.report_loads,
         }
         scheduler.handlers.update(handlers)
         scheduler.stream_handlers["llumnix_instance_load"] = self.instance_load
@@ -111,6 +115,11 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         self.core.register(instance_id, address, unpack(load), name=name, info=info)
         return {"status": "OK", "policy": dataclasses.asdict(self.core.policy)}
 
+    def report_loads(self, loads: list[bytes]) -> None:
+        """Load reports by rpc (instances that are not Dask workers of this scheduler: benchmarks, sims)."""
+        for load in loads:
+            self.core.update_load(unpack(load))
+
     def instance_load(self, load: bytes, worker: str | None = None, **_: Any) -> None:
         self.core.update_load(unpack(load))
 
@@ -130,6 +139,10 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             "address": rec.address,
             "decision_s": time.perf_counter() - start,
         }
+
+    def dispatch_batch(self, requests: list[dict]) -> list[dict]:
+        """Several dispatches in one round trip (the frontend batches concurrent requests)."""
+        return [self.dispatch(**r) for r in requests]
 
     def request_finished(self, items: list[dict]) -> None:
         for item in items:

@@ -19,6 +19,7 @@ from distributed.protocol import to_serialize
 from distributed.utils import get_ip
 
 from llumnix_dask.request import Priority, Request, SamplingParams
+from llumnix_dask.serve.dispatch_client import DispatchClient
 from llumnix_dask.workers.streams import TOKEN_MESSAGE_OP, TOKEN_STREAM_OP
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Frontend:
         await self.server.start()
         await self.server.listen(f"tcp://{host}:0", **self._connection_args)
         self.address = self.server.address
+        self.dispatcher = DispatchClient(lambda: self.scheduler)
         self._tasks = [
             asyncio.create_task(self._report_loop(), name="llumnix-frontend-reports"),
             asyncio.create_task(self._watchdog(), name="llumnix-frontend-watchdog"),
@@ -203,7 +205,7 @@ class Frontend:
         self._active[request.request_id] = handle
         try:
             t0 = time.perf_counter()
-            decision = await self.scheduler.llumnix_dispatch(
+            decision = await self.dispatcher.dispatch(
                 request_id=request.request_id,
                 num_prompt_tokens=request.num_prompt_tokens,
                 priority=int(request.priority),
