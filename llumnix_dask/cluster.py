@@ -80,6 +80,10 @@ class Cluster:
         self._autoscaler: concurrent.futures.Future | None = None
         self._closed = False
         if address is None:
+            if dashboard_address is not None:
+                from llumnix_dask.widgets.dashboard import register_page
+
+                register_page()  # the embedded scheduler's dashboard gets the /llumnix page
             self._local = LocalCluster(
                 n_workers=n_instances,
                 threads_per_worker=1,
@@ -372,6 +376,18 @@ class Cluster:
     def migrate(self, request_id: str, dst: str | None = None) -> dict:
         """Live-migrate a running request now (to ``dst`` or the freest other instance)."""
         return self._scheduler_call("llumnix_migrate", request_id=request_id, dst=dst)
+
+    def panel(self) -> Any:
+        """An ipywidgets control panel of the scheduler's knobs; changes apply live (see ``widgets.panel``)."""
+        from llumnix_dask.widgets.panel import cluster_panel
+
+        return cluster_panel(self)
+
+    def live_view(self, interval_s: float = 0.5, max_duration_s: float | None = None) -> Any:
+        """An inline notebook view of instances and migrations, refreshed every ``interval_s`` seconds."""
+        from llumnix_dask.widgets.live_view import LiveView
+
+        return LiveView(self.snapshot, interval_s=interval_s, max_duration_s=max_duration_s)
 
     @property
     def scheduler_address(self) -> str:

@@ -30,6 +30,16 @@ def dask_setup(scheduler: Any) -> None:
         scheduler.add_plugin(GlobalSchedulerPlugin(policy_from_dask_config()), name=PLUGIN_NAME)
 
 
+def _register_dashboard_page() -> None:
+    # A scheduler imports its preload modules before it starts its HTTP server: add the Llumnix page now.
+    from llumnix_dask.widgets.dashboard import register_page_if_preloading
+
+    register_page_if_preloading()
+
+
+_register_dashboard_page()
+
+
 def __getattr__(name: str) -> Any:
     if name in ("GlobalSchedulerPlugin", "PLUGIN_NAME"):
         from llumnix_dask.scheduler import plugin
