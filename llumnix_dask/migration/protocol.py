@@ -95,6 +95,8 @@ class MigrationResult:
     downtime_s: float = 0.0  # the pause: from taking the request out of the batch to the commit ack
     total_s: float = 0.0
     num_kv_tokens: int = 0
+    # Output tokens produced before the handover: the destination's first token has this index.
+    resume_index: int = 0
     queued: bool = False  # a never-started request moved between queues (no KV)
 
     @property
@@ -141,8 +143,8 @@ async def migrate_out(
     mid = migration_id or new_migration_id()
     result = MigrationResult(mid, request_id, getattr(engine, "instance_id", "?"), dst.name, "")
     started = time.perf_counter()
-    request = engine.get_request(request_id)
     try:
+        request = await _on(engine.get_request, request_id)
         if request is None:
             raise MigrationAborted("not-found")
         if request.status is RequestStatus.WAITING:
@@ -190,7 +192,7 @@ async def _migrate_queued(
     engine: EngineBackend, request_id: str, dst: DestinationEndpoint, config: MigrationConfig, mid: str
 ) -> None:
     try:
-        request = engine.take_waiting(request_id)
+        request = await _on(engine.take_waiting, request_id)
     except (KeyError, ValueError, RuntimeError):
         raise MigrationAborted("not-waiting") from None
     request.num_migrations += 1  # counted on the copy that travels
@@ -203,21 +205,29 @@ async def _migrate_queued(
         # Back into our own queue, at its arrival-time place. A timed-out enqueue may still land on the
         # destination later, so tell it to drop the request.
         request.num_migrations -= 1
-        engine.add_request(request)
+        await _on(engine.add_request, request)
         if failure is not None:
             await _tell_abort(dst, mid, failure.reason, config)
             raise failure
         raise _Refused()
 
 
-def _check_running(engine: EngineBackend, request: Request, preemptions: int) -> None:
-    """Abort if the request left the batch since the migration started (its blocks may be gone)."""
-    live = engine.get_request(request.request_id)
-    if live is None or live.status.done:
-        # Engines forget finished and aborted requests; the object we hold still says which it was.
-        status = (live or request).status
+async def _on(fn: Callable[..., T], *args: Any) -> T:
+    """Run an engine call in a thread: engines hold their lock for a whole step (a long prefill even),
+    and the caller's event loop (a Dask worker's) must keep serving meanwhile."""
+    return await asyncio.to_thread(fn, *args)
+
+
+def _check_running(request: Request, preemptions: int) -> None:
+    """Abort if the request left the batch since the migration started (its blocks may be gone).
+
+    Reads the live request object the engine updates (a plain attribute read, no engine lock: every
+    lock round trip would wait for a whole engine step).
+    """
+    status = request.status
+    if status.done:
         raise MigrationAborted("aborted" if status is RequestStatus.ABORTED else "finished")
-    if live.num_preemptions != preemptions or live.status is not RequestStatus.RUNNING:
+    if request.num_preemptions != preemptions or status is not RequestStatus.RUNNING:
         raise MigrationAborted("preempted")
 
 
@@ -239,58 +249,55 @@ async def _migrate_running(
     try:
         for stage in range(1, config.max_stages + 1):
             stage_start = time.perf_counter()
-            num_kv = engine.num_kv_tokens(rid)
             try:
-                table = engine.request_blocks(rid)
+                num_kv = await _on(engine.num_kv_tokens, rid)
+                table = await _on(engine.request_blocks, rid)
             except KeyError:
-                _check_running(engine, request, preemptions)
+                _check_running(request, preemptions)
                 raise MigrationAborted("not-running") from None
             full = min(num_kv // bs, len(table))
             rest = math.ceil(num_kv / bs) - sent
             if stage < config.max_stages and rest > config.last_stage_max_blocks:
                 # Live stage: the blocks completed since the previous stage, the request keeps decoding.
                 ids = table[sent:full]
-                if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
-                    raise _Refused() if stage == 1 else MigrationAborted("dst-out-of-blocks")
+                nbytes = await _send_range(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
                 reserved = True
-                nbytes = await _send_range(engine, dst, mid, ids, sent, config)
-                _check_running(engine, request, preemptions)
+                _check_running(request, preemptions)
                 sent += len(ids)
                 result.stages.append(StageRecord(stage, len(ids), nbytes, time.perf_counter() - stage_start, False))
                 continue
             # Last stage: pause only this request, send the rest, commit.
-            _check_running(engine, request, preemptions)
-            pause_start = time.perf_counter()
+            _check_running(request, preemptions)
             try:
-                state = engine.pause(rid)
+                state = await _on(engine.pause, rid)  # waits for the step in flight
             except (KeyError, ValueError, RuntimeError):
-                _check_running(engine, request, preemptions)
+                _check_running(request, preemptions)
                 raise MigrationAborted("pause-failed") from None
             paused = True
+            # Downtime counts from here: the request is out of the batch until the destination has it.
+            pause_start = time.perf_counter()
             ids = state.block_ids[sent : math.ceil(state.num_kv_tokens / bs)]
-            if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
-                raise _Refused() if stage == 1 else MigrationAborted("dst-out-of-blocks")
+            nbytes = await _send_range(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
             reserved = True
-            nbytes = await _send_range(engine, dst, mid, ids, sent, config)
-            live = engine.get_request(rid)
-            if live is None or live.status is not RequestStatus.MIGRATING:
+            if request.status is not RequestStatus.MIGRATING:
                 raise MigrationAborted("aborted")  # aborted by the client while paused
             await _call(config, "commit", dst.commit(mid, state))
+            result.downtime_s = time.perf_counter() - pause_start
             result.num_kv_tokens = state.num_kv_tokens
+            result.resume_index = state.request.num_output_tokens
             try:
-                engine.release(rid)
+                await _on(engine.release, rid)
             except (KeyError, ValueError, RuntimeError):
                 # Aborted on the source during the commit round trip: undo the destination's copy too.
                 paused = False
                 raise MigrationAborted("aborted") from None
             paused = False
-            result.downtime_s = time.perf_counter() - pause_start
             result.stages.append(StageRecord(stage, len(ids), nbytes, time.perf_counter() - stage_start, True))
             return
     except BaseException as exc:  # cancellation and engine errors too: never leave the request paused
         if paused:
             try:
-                engine.resume(rid)
+                await _on(engine.resume, rid)
             except (KeyError, ValueError, RuntimeError):
                 pass  # finished or aborted while paused: nothing to resume
         if reserved or not isinstance(exc, _Refused):
@@ -332,19 +339,27 @@ async def _send_range(
     engine: EngineBackend,
     dst: DestinationEndpoint,
     mid: str,
+    rid: str,
     ids: Sequence[int],
     start: int,
     config: MigrationConfig,
+    *,
+    first_stage: bool,
 ) -> int:
-    """Export ``ids`` in chunks and send them; the next chunk is gathered while the previous one is sent."""
-    if not ids:
-        return 0
+    """One stage: reserve ``len(ids)`` blocks on the destination, export ``ids`` in chunks and send them.
+
+    The handshake overlaps the first chunk's export, and each next chunk is gathered while the previous
+    one is on the wire. Raises ``_Refused`` (first stage) or ``MigrationAborted`` when the destination
+    has no room.
+    """
     export: Callable[[Sequence[int]], Any] = engine.export_blocks
-    step = chunk_blocks(await asyncio.to_thread(block_nbytes, engine), config)
+    step = chunk_blocks(await asyncio.to_thread(block_nbytes, engine), config) if ids else 1
     chunks = [list(ids[i : i + step]) for i in range(0, len(ids), step)]
+    pending: asyncio.Future | None = asyncio.ensure_future(asyncio.to_thread(export, chunks[0])) if chunks else None
     total = 0
-    pending: asyncio.Future = asyncio.ensure_future(asyncio.to_thread(export, chunks[0]))
     try:
+        if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
+            raise _Refused() if first_stage else MigrationAborted("dst-out-of-blocks")
         for k, chunk in enumerate(chunks):
             try:
                 buffer = await pending
@@ -355,6 +370,6 @@ async def _send_range(
             await _call(config, "send", dst.send_blocks(mid, start + k * step, len(chunk), buffer))
             total += _nbytes(buffer)
     finally:
-        if not pending.done():
+        if pending is not None and not pending.done():
             pending.cancel()
     return total
