@@ -31,6 +31,7 @@ ROUTE = "/" + PAGE
 INDIVIDUAL_ROUTE = "/individual-" + PAGE
 UPDATE_INTERVAL_MS = 400  # 2.5 Hz; a snapshot costs a few ms on the scheduler's event loop
 TIME_WINDOW_S = 120.0  # the time axes show the last two minutes
+MIN_TIME_WINDOW_S = 20.0
 
 _histories: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
@@ -171,6 +172,7 @@ class LlumnixDashboard:
         low, high = dd.freeness_thresholds(policy)
         f.migrate_out_span.location, f.migrate_in_span.location = low, high
         f.migrate_out_label.x, f.migrate_in_label.x = low, high
+        f.migrate_out_label.y = f.migrate_in_label.y = len(ids)
         f.migrate_out_label.text = f"migrate out < {low:g}"
         f.migrate_in_label.text = f"migrate in > {high:g}"
         lo, hi = dd.freeness_axis(snapshot)
@@ -179,7 +181,11 @@ class LlumnixDashboard:
         f.queue_range.end = max(4, max((r + w for r, w in zip(cols["running"], cols["waiting"])), default=0) * 1.15)
 
         now_ms = float(snapshot["time"]) * 1000.0
-        f.time_range.start, f.time_range.end = now_ms - TIME_WINDOW_S * 1000.0, now_ms + 1000.0
+        # The last TIME_WINDOW_S seconds, or since the first instance joined if that is more recent.
+        history = snapshot.get("instance_count") or []
+        since = float(history[0][0]) * 1000.0 - 2000.0 if history else now_ms
+        start = max(now_ms - TIME_WINDOW_S * 1000.0, min(since, now_ms - MIN_TIME_WINDOW_S * 1000.0))
+        f.time_range.start, f.time_range.end = start, now_ms + 1000.0
         factors = dd.timeline_factors(snapshot)
         if list(f.timeline_range.factors) != factors[::-1]:
             f.timeline_range.factors = factors[::-1]
@@ -192,9 +198,9 @@ class LlumnixDashboard:
         counts = self._last["instance_count"]["count"]
         f.count_range.end = max([4, *(c + 1 for c in counts), (target or 0) + 1])
 
-        history = snapshot.get("_latency_history")
-        if history is not None:
-            new, self._latency_seq = history.since(self._latency_seq)
+        latency_history = snapshot.get("_latency_history")
+        if latency_history is not None:
+            new, self._latency_seq = latency_history.since(self._latency_seq)
             if new["time"]:
                 self.sources["latency"].stream(new, rollover=dd.LATENCY_HISTORY_POINTS)
         for cls, value in dd.slo_lines(policy).items():

@@ -57,7 +57,7 @@ def _style(p: Any) -> Any:
     if p.legend:
         p.legend.label_text_font_size = "11px"
         p.legend.background_fill_alpha = 0.7
-        p.legend.spacing = 0
+        p.legend.spacing = 12
         p.legend.padding = 4
     return p
 
@@ -133,10 +133,11 @@ def build_figures() -> DashboardFigures:
     free.add_tools(HoverTool(tooltips=instance_tooltips))
     out_span = Span(location=10, dimension="height", line_color=dd.COLOR_LOW, line_dash="dashed", line_width=2)
     in_span = Span(location=60, dimension="height", line_color=dd.COLOR_HIGH, line_dash="dashed", line_width=2)
-    out_label = Label(x=10, y=4, y_units="screen", text="migrate out", text_font_size="10px",
-                      text_color=dd.COLOR_LOW, x_offset=3)
-    in_label = Label(x=60, y=18, y_units="screen", text="migrate in", text_font_size="10px",
-                     text_color=dd.COLOR_HIGH, x_offset=3)
+    # Labels sit at the top of the frame: y is set to the number of instances on every update.
+    out_label = Label(x=10, y=0, text="migrate out", text_font_size="10px", text_color=dd.COLOR_LOW,
+                      x_offset=3, y_offset=-12, text_baseline="middle")
+    in_label = Label(x=60, y=0, text="migrate in", text_font_size="10px", text_color=dd.COLOR_HIGH,
+                     x_offset=3, y_offset=-12, text_baseline="middle")
     for item in (out_span, in_span, out_label, in_label):
         free.add_layout(item)
     free.xaxis.axis_label = "blocks per request (red: migrates out, green: takes migrations)"
@@ -146,7 +147,7 @@ def build_figures() -> DashboardFigures:
     timeline_range = FactorRange()
     mig = sources["migrations"]
     timeline = figure(
-        title="Live migrations (src -> dst)", x_axis_type="datetime", x_range=time_range, y_range=timeline_range,
+        title="Live migrations: src -> dst (green committed, red failed; hover for downtime)", x_axis_type="datetime", x_range=time_range, y_range=timeline_range,
         height=TIME_HEIGHT, sizing_mode="stretch_width", tools="", toolbar_location=None, name="llumnix_timeline",
     )
     seg = timeline.segment(x0="start", y0="src", x1="end", y1="dst", source=mig, line_color="color", line_width=3,
@@ -180,8 +181,8 @@ def build_figures() -> DashboardFigures:
                             visible=False)
                 p.add_layout(span)
                 slo_spans[cls] = span
-        p.legend.location = "top_left"
         p.legend.orientation = "horizontal"
+        p.add_layout(p.legend[0], "below")
         p.y_range.start = 0
         _time_axis(p)
         latency_figs.append(p)
@@ -192,10 +193,13 @@ def build_figures() -> DashboardFigures:
         title="Instances", x_axis_type="datetime", x_range=time_range, y_range=count_range, height=TIME_HEIGHT,
         sizing_mode="stretch_width", tools="", toolbar_location=None, name="llumnix_instance_count",
     )
-    count.step(x="time", y="count", source=sources["instance_count"], mode="after", line_width=2, color="#495057")
+    count.step(x="time", y="count", source=sources["instance_count"], mode="after", line_width=2, color="#495057",
+               legend_label="instances")
     target_span = Span(location=None, dimension="width", line_color="#ff9f1c", line_dash="dashed", line_width=2,
                        visible=False)
     count.add_layout(target_span)
+    count.legend.orientation = "horizontal"
+    count.add_layout(count.legend[0], "below")
     _time_axis(count)
 
     for p in (kv, queue, free, timeline, *latency_figs, count):
