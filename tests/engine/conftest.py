@@ -7,6 +7,17 @@ from nano_helpers import SMALL
 
 from llumnix_dask.config import TinyModelConfig
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' barriers stall."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory) -> str:
     from llumnix_dask.engine.nano.tiny_model import make_tiny_model

@@ -194,3 +194,49 @@ def test_migration_surface_errors(small_model):
     ids = engine.reserve_blocks(2)
     with pytest.raises(ValueError, match="shape"):
         engine.import_blocks(ids, engine.export_blocks([0]))
+
+
+def test_live_migration_while_the_source_step_loop_keeps_running(small_model):
+    """The migration calls come from another thread while the source decodes in its own step loop."""
+    expected = never_migrated(small_model, MODES["seeded"], max_tokens=80)
+    src = make_engine(small_model, "src", block_size=4)
+    dst = make_engine(small_model, "dst", block_size=4)
+    req = new_request(prompt(21, 1), "m", max_tokens=80, **MODES["seeded"])
+    src.add_request(req)
+    stop = threading.Event()
+
+    def step_loop():
+        while not stop.is_set():
+            src.step()
+
+    t = threading.Thread(target=step_loop)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while req.num_output_tokens < 10 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        sent: list[int] = []
+        for _ in range(3):  # stages: copy what is full now, while the request keeps decoding
+            full = src.num_kv_tokens("m") // src.block_size
+            ids = src.request_blocks("m")[len(sent) : full]
+            got = dst.reserve_blocks(len(ids))
+            dst.import_blocks(got, src.export_blocks(ids))
+            sent += got
+        state = src.pause("m")
+        rest = state.block_ids[len(sent) :]
+        got = dst.reserve_blocks(len(rest))
+        dst.import_blocks(got, src.export_blocks(rest))
+        dst.commit_migrated(state, sent + got)
+        src.release("m")
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert state.request.num_output_tokens < 80  # it really moved mid-way
+    run_to_completion(dst)
+    assert dst_tokens(dst, state) == expected
+
+
+def dst_tokens(dst, state) -> list[int]:
+    req = state.request  # the destination adopted this copy of the request
+    assert req.status is RequestStatus.FINISHED and req.instance_id == dst.instance_id
+    return req.output_token_ids
