@@ -252,7 +252,8 @@ class NanoEngine:
     def export_blocks(self, block_ids: Seq[int]) -> torch.Tensor:
         """``[num_layers, 2, len(block_ids), block_size, kv_heads, head_dim]``, contiguous, on the engine's
         device."""
-        with self._lock, torch.inference_mode():
+        # no_grad, not inference_mode: the buffer must stay an ordinary tensor that transports may write into.
+        with self._lock, torch.no_grad():
             return self.cache.export(block_ids)
 
     def pause(self, request_id: str) -> MigrationState:
@@ -317,7 +318,7 @@ class NanoEngine:
             raise ValueError(f"{what}: blocks {missing} were not reserved on instance {self.instance_id}")
 
     def import_blocks(self, block_ids: Seq[int], buffer: Any) -> None:
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.no_grad():
             self._check_reserved(block_ids, "import_blocks")
             self.cache.import_(block_ids, torch.as_tensor(buffer))
 
