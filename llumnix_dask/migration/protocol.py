@@ -260,7 +260,7 @@ async def _migrate_running(
             if stage < config.max_stages and rest > config.last_stage_max_blocks:
                 # Live stage: the blocks completed since the previous stage, the request keeps decoding.
                 ids = table[sent:full]
-                nbytes = await _send_range(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
+                nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
                 reserved = True
                 _check_running(request, preemptions)
                 sent += len(ids)
@@ -277,7 +277,7 @@ async def _migrate_running(
             # Downtime counts from here: the request is out of the batch until the destination has it.
             pause_start = time.perf_counter()
             ids = state.block_ids[sent : math.ceil(state.num_kv_tokens / bs)]
-            nbytes = await _send_range(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
+            nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
             reserved = True
             if request.status is not RequestStatus.MIGRATING:
                 raise MigrationAborted("aborted")  # aborted by the client while paused
@@ -335,7 +335,7 @@ def block_nbytes(engine: EngineBackend) -> int:
 _BLOCK_NBYTES: dict[int, int] = {}
 
 
-async def _send_range(
+async def send_stage(
     engine: EngineBackend,
     dst: DestinationEndpoint,
     mid: str,
@@ -346,7 +346,8 @@ async def _send_range(
     *,
     first_stage: bool,
 ) -> int:
-    """One stage: reserve ``len(ids)`` blocks on the destination, export ``ids`` in chunks and send them.
+    """One stage: reserve ``len(ids)`` blocks on the destination, export ``ids`` in chunks and send them
+    into the reserved blocks ``start, start+1, ...`` of migration ``mid``; returns the bytes sent.
 
     The handshake overlaps the first chunk's export, and each next chunk is gathered while the previous
     one is on the wire. Raises ``_Refused`` (first stage) or ``MigrationAborted`` when the destination
