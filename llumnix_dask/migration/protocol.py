@@ -31,6 +31,7 @@ import asyncio
 import math
 import time
 import uuid
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
@@ -325,14 +326,16 @@ def block_nbytes(engine: EngineBackend) -> int:
     value = getattr(engine, "block_nbytes", None)
     if isinstance(value, int) and value > 0:
         return value
-    cached = _BLOCK_NBYTES.get(id(engine))
+    try:
+        cached = _BLOCK_NBYTES.get(engine)
+    except TypeError:  # not weak-referenceable: measure every time (one block, cheap)
+        return _nbytes(engine.export_blocks([0]))
     if cached is None:
-        cached = _nbytes(engine.export_blocks([0]))
-        _BLOCK_NBYTES[id(engine)] = cached
+        cached = _BLOCK_NBYTES[engine] = _nbytes(engine.export_blocks([0]))
     return cached
 
 
-_BLOCK_NBYTES: dict[int, int] = {}
+_BLOCK_NBYTES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 
 
 async def send_stage(
