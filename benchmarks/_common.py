@@ -40,6 +40,7 @@ def metrics_row(result) -> dict:
     o = result.overall
     return {
         "prefill_mean": o["prefill"]["mean"], "prefill_p99": o["prefill"]["p99"],
+        "prefill_p999": o["prefill"]["p999"], "prefill_max": o["prefill"]["max"],
         "decode_mean": o["decode"]["mean"], "decode_p99": o["decode"]["p99"],
         "e2e_mean": o["e2e"]["mean"], "e2e_p99": o["e2e"]["p99"],
         "preemption_loss": o["preemption_loss_s"], "preemptions": o["preemptions"],

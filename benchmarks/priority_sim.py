@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import print_rows, ratio, save  # noqa: E402
 
-from llumnix_dask.config import PolicyConfig, SimConfig  # noqa: E402
+from llumnix_dask.config import LatencyModel, PolicyConfig, SimConfig  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
 from llumnix_dask.workloads import generate_trace  # noqa: E402
 
@@ -50,12 +50,21 @@ def main() -> None:
     ap.add_argument("--high", type=float, default=0.1)
     ap.add_argument("--headroom", type=int, default=PolicyConfig().priority_headroom_blocks)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-base-ms", type=float, default=None,
+                    help="sensitivity study only: override LatencyModel.decode_base_ms (default: calibrated value)")
+    ap.add_argument("--decode-ms-per-seq", type=float, default=None,
+                    help="sensitivity study only: override LatencyModel.decode_ms_per_seq")
     args = ap.parse_args()
+    latency = LatencyModel()
+    if args.decode_base_ms is not None:
+        latency = replace(latency, decode_base_ms=args.decode_base_ms)
+    if args.decode_ms_per_seq is not None:
+        latency = replace(latency, decode_ms_per_seq=args.decode_ms_per_seq)
     trace = generate_trace("S-S", args.requests, args.rate, "gamma", args.cv, args.high, args.seed)
     policy = PolicyConfig(priority_headroom_blocks=args.headroom)
     runs = {
-        "llumnix-base": SimConfig(policy=replace(policy, priorities_enabled=False)),
-        "llumnix": SimConfig(policy=policy),
+        "llumnix-base": SimConfig(policy=replace(policy, priorities_enabled=False), latency=latency),
+        "llumnix": SimConfig(policy=policy, latency=latency),
     }
     rows, results = [], {}
     for label, cfg in runs.items():
@@ -77,7 +86,8 @@ def main() -> None:
           f"prefill P99 {summary['high_prefill_p99_speedup']:.2f}x, decode mean {summary['high_decode_mean_speedup']:.3f}x; "
           f"normal mean latency penalty {summary['normal_e2e_mean_penalty_pct']:+.2f}% (target <= 5%) -> "
           f"{'MET' if met else 'MISSED'}")
-    save("priority_sim", {"args": vars(args), "rows": rows, "summary": summary, "met": met})
+    name = "priority_sim" if latency == LatencyModel() else "priority_sim_sensitivity"
+    save(name, {"args": vars(args), "latency": vars(latency), "rows": rows, "summary": summary, "met": met})
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ LATENCY_COLUMNS = ("prefill_s", "decode_s", "e2e_s")
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
-    """Mean and P99 of the finite values (NaN if there are none)."""
+    """Mean, P99, P99.9 and max of the finite values (NaN if there are none)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if len(v) == 0:
-        return {"mean": float("nan"), "p99": float("nan")}
-    return {"mean": float(v.mean()), "p99": float(np.percentile(v, 99))}
+        return {"mean": float("nan"), "p99": float("nan"), "p999": float("nan"), "max": float("nan")}
+    p99, p999 = np.percentile(v, [99, 99.9])
+    return {"mean": float(v.mean()), "p99": float(p99), "p999": float(p999), "max": float(v.max())}
 
 
 def aggregate(df: pd.DataFrame) -> dict[str, Any]:
