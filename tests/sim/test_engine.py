@@ -155,3 +155,17 @@ def test_reserve_refuses_below_watermark_and_take_waiting():
     assert r.request_id == "q" and not eng.has_work() and eng.load().num_high_priority == 0
     with pytest.raises(KeyError):
         eng.take_waiting("q")
+
+
+def test_realtime_engine_stamps_wall_clock_times():
+    import time
+
+    lat = LatencyModel(prefill_ms_per_token=0.01, decode_base_ms=1.0, decode_ms_per_seq=0, decode_ms_per_kv_token=0)
+    eng = SimEngine("rt", num_blocks=16, latency=lat, realtime=True)
+    r = req("a", 10, 3)
+    start = time.time()
+    eng.add_request(r)
+    run_to_end(eng)
+    # Every token is stamped with the wall clock, after the request was added, in order.
+    assert r.num_output_tokens == 3 and start <= r.token_times[0] <= r.token_times[1] <= r.token_times[2]
+    assert eng.last_step_time_s == pytest.approx(0.001)
