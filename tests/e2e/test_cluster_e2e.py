@@ -116,3 +116,15 @@ def test_scale_up_then_down_with_drain_loses_no_request(cluster):
     drained = cluster.migrations().iloc[before:]
     assert len(drained) >= 1 and drained["ok"].all()
     assert any(len(d.instances) > 1 for d in done)  # some request really moved
+
+
+def test_adapt_scales_up_below_the_band_and_drains_down_above_it(cluster):
+    # An idle instance here has freeness 256 (blocks per request): below x=300 -> add, above y=10 -> remove.
+    cluster.adapt(1, 3, scale_up_freeness=300, scale_down_freeness=400, interval_s=0.2, patience_s=0)
+    wait_until(lambda: len(cluster.instances()) == 3, timeout=120, what="auto-scaling up to 3")
+    cluster.adapt(1, 3, scale_up_freeness=0, scale_down_freeness=10, interval_s=0.2, patience_s=0)
+    wait_until(lambda: len(cluster.instances()) == 1, timeout=120, what="auto-scaling down to 1")
+    assert cluster.generate(PROMPT, max_tokens=3)
+    kinds = set(cluster.explain(50)["kind"])
+    assert {"scaling", "drain"} <= kinds
+    cluster.set_policy(scaling_enabled=False)
