@@ -161,6 +161,8 @@ class EngineConfig:
                 _fail(self, name, f"must be an integer >= 1, got {value!r}")
         if self.num_blocks is not None and (not isinstance(self.num_blocks, int) or self.num_blocks < 1):
             _fail(self, "num_blocks", f"must be an integer >= 1 or None, got {self.num_blocks!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            _fail(self, "max_model_len", f"must be an integer >= 2 or None, got {self.max_model_len!r}")
         _check_positive(self, "kv_cache_bytes")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             _fail(self, "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
