@@ -378,8 +378,9 @@ class GlobalScheduler:
         :meth:`instance_rows`: ids, address, running/waiting counts, blocks, kv_usage, virtual_usage,
         freeness, terminating, migrating, dispatched); ``migrations`` (the last ``n_migrations`` entries of the
         migration log: time, request_id, src, dst, ok, reason, plus protocol details such as downtime_s);
-        ``latency`` (rolling TTFT/TPOT/E2E count/mean/p50/p99 seconds and SLO attainment per priority
-        "normal", "high" and "all"); ``instance_count`` (list of (time, count) on every change);
+        ``latency`` (rolling TTFT/TPOT/E2E count/mean/p50/p99 seconds over the last 2,000 finished
+        requests, and SLO attainment against each request's ``slo`` or the policy's ``ttft_slo_s`` /
+        ``ttft_slo_high_s``, per priority "normal", "high" and "all"); ``instance_count`` (list of (time, count) on every change);
         ``counters`` (dispatched, migrations, migrations_failed, finished); ``target_instances``;
         ``decisions`` (the last ``n_decisions`` explain entries).
         """
@@ -388,7 +389,9 @@ class GlobalScheduler:
             "policy": dataclasses.asdict(self.policy),
             "instances": self.instance_rows(),
             "migrations": list(self.migration_log)[-n_migrations:],
-            "latency": self.latency.summary(),
+            "latency": self.latency.summary(
+                {0: getattr(self.policy, "ttft_slo_s", None), 1: getattr(self.policy, "ttft_slo_high_s", None)}
+            ),
             "instance_count": self.instance_history.as_list(),
             "counters": {
                 "dispatched": self.num_dispatched,

@@ -69,20 +69,29 @@ class LatencyWindow:
     def __len__(self) -> int:
         return len(self._items)
 
-    def summary(self) -> dict[str, dict]:
-        """``{"normal": {"ttft": {...}, "tpot": {...}, "e2e": {...}, "slo_attainment": x}, "high": ..., "all": ...}``."""
+    def summary(self, slo_targets: dict[int, float | None] | None = None) -> dict[str, dict]:
+        """``{"normal": {"ttft": {...}, "tpot": {...}, "e2e": {...}, "slo_attainment": x}, "high": ..., "all": ...}``.
+
+        SLO attainment = share of requests whose TTFT met their own ``slo`` or, without one, the target of
+        their priority in ``slo_targets`` (requests with neither are not counted; None if none counts).
+        """
+        targets = slo_targets or {}
+
+        def slo(r: FinishedRequest) -> float | None:
+            return r.slo_ttft_s if r.slo_ttft_s is not None else targets.get(r.priority)
+
         groups: dict[str, list[FinishedRequest]] = {"all": list(self._items)}
         for p in Priority:
             groups[p.name.lower()] = [r for r in self._items if r.priority == p]
         out: dict[str, dict] = {}
         for name, items in groups.items():
-            with_slo = [r for r in items if r.slo_ttft_s is not None and r.ttft is not None]
+            with_slo = [(r, slo(r)) for r in items if slo(r) is not None and r.ttft is not None]
             out[name] = {
                 "ttft": summarize(r.ttft for r in items),
                 "tpot": summarize(r.tpot for r in items),
                 "e2e": summarize(r.e2e for r in items),
                 "slo_attainment": (
-                    sum(1 for r in with_slo if r.ttft <= r.slo_ttft_s) / len(with_slo) if with_slo else None
+                    sum(1 for r, target in with_slo if r.ttft <= target) / len(with_slo) if with_slo else None
                 ),
             }
         return out

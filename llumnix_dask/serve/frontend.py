@@ -256,6 +256,7 @@ class Frontend:
         if self._active.pop(handle.request_id, None) is None:
             return
         handle.finished, handle.finish_reason = True, "abort"
+        self._record_finished(handle)  # the scheduler forgets where it lived; metrics count the abort
         try:
             if handle.address:
                 await self.server.rpc(handle.address).llumnix_abort(request_id=handle.request_id)
@@ -337,8 +338,9 @@ class Frontend:
 
     def _fail(self, handle: RequestHandle, message: str) -> None:
         self._active.pop(handle.request_id, None)
-        handle.error = message
+        handle.error, handle.finish_reason = message, "error"
         handle.queue.put_nowait(RequestFailed(message))
+        self._record_finished(handle)
 
     # -- reporting and health ------------------------------------------------------------------------
     def _record_finished(self, handle: RequestHandle) -> None:

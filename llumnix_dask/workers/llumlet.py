@@ -103,7 +103,10 @@ class Llumlet:
 
     def adopt_migrated(self, state: MigrationState) -> None:
         """A migrated request was committed here: continue its stream at the next token index."""
-        req = state.request
+        self.adopt_request(state.request)
+
+    def adopt_request(self, req: Request) -> None:
+        """A request that arrived by migration (running or queued) streams on from ``len(output)``."""
         with self._lock:
             self._next_index[req.request_id] = len(req.output_token_ids)
             frontend = req.metadata.get(FRONTEND_KEY)

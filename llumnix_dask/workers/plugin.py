@@ -97,7 +97,7 @@ class _TrackedEngine:
 
     def add_request(self, request: Request) -> None:
         # A queued request moved here before it started: it streams from index len(output) on.
-        self._llumlet.adopt_migrated(type("S", (), {"request": request})())
+        self._llumlet.adopt_request(request)
         self._engine.add_request(request)
         self._llumlet.wake()
 

@@ -142,3 +142,11 @@ def test_snapshot_is_plain_data_with_latency_per_priority():
 def test_percentile_interpolates():
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([], 99) is None
+
+
+def test_slo_attainment_uses_the_policy_targets_for_requests_without_their_own():
+    gs = make(idle("a"), ttft_slo_s=0.2)
+    gs.request_finished(FinishedRequest("r1", 0, 1.0, 0.1, 0.01, 0.5))
+    gs.request_finished(FinishedRequest("r2", 0, 1.0, 0.3, 0.01, 0.5))
+    assert gs.snapshot()["latency"]["normal"]["slo_attainment"] == 0.5
+    assert gs.snapshot()["latency"]["high"]["slo_attainment"] is None
