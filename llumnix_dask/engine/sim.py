@@ -46,7 +46,7 @@ VOCAB = 32000
 class SimSeq:
     """Per-request engine state; it travels with the request (``request.metadata["sim_seq"]``) on migration."""
 
-    __slots__ = ("request", "prompt_len", "max_tokens", "generated", "block_ids", "capacity", "high",
+    __slots__ = ("request", "prompt_len", "max_tokens", "generated", "total", "block_ids", "capacity", "high",
                  "active", "owner", "preempted_at", "preemption_loss_s", "token_seed", "admitted_at")
 
     def __init__(self, request: Request) -> None:
@@ -54,6 +54,7 @@ class SimSeq:
         self.prompt_len = request.num_prompt_tokens
         self.max_tokens = request.sampling.max_tokens
         self.generated = 0
+        self.total = self.prompt_len  # prompt + generated tokens (kept in step with ``generated``)
         self.block_ids: list[int] = []
         self.capacity = 0  # tokens the blocks can hold
         self.high = request.priority >= Priority.HIGH
@@ -64,10 +65,6 @@ class SimSeq:
         seed = request.sampling.seed
         self.token_seed = seed if seed is not None else zlib.crc32(request.request_id.encode())
         self.admitted_at = 0.0
-
-    @property
-    def total(self) -> int:
-        return self.prompt_len + self.generated
 
     def token_id(self, position: int) -> int:
         return (self.token_seed * 1_000_003 + position * 7_919) % VOCAB
@@ -263,10 +260,18 @@ class SimEngine:
 
     def _plan_decode(self, now: float) -> tuple[float, list[SimSeq]]:
         free, bs, running = self._free, self.block_size, self._running
-        needy = [s for s in running if s.total > s.capacity]
+        needy = []
+        kv_tokens = 0
+        for s in running:
+            t = s.total
+            kv_tokens += t
+            if t > s.capacity:
+                needy.append(s)
+        preempted = False
         while len(needy) > len(free) and len(running) > 1:
             victim = running[-1]  # the most recently admitted request
             self._preempt(victim, now)
+            preempted = True
             needy = [s for s in needy if s is not victim]
         short = False
         for s in needy:
@@ -275,10 +280,11 @@ class SimEngine:
                 s.capacity += bs
             else:  # only when reserved migration blocks hold the rest: this request sits the step out
                 short = True
-        batch = [s for s in running if s.total <= s.capacity] if short else list(running)
-        kv_tokens = 0
-        for s in batch:
-            kv_tokens += s.total
+        if short or preempted:
+            batch = [s for s in running if s.total <= s.capacity] if short else list(running)
+            kv_tokens = sum(s.total for s in batch)
+        else:
+            batch = list(running)
         return self._decode_base + self._per_seq * len(batch) + self._per_kv * kv_tokens, batch
 
     def _preempt(self, seq: SimSeq, now: float) -> None:
@@ -311,6 +317,7 @@ class SimEngine:
                 if s.request.first_token_time is None:
                     s.request.first_token_time = now
                 s.generated += 1
+                s.total += 1
                 done = s.generated >= s.max_tokens
                 if done:
                     finished.append(s)
@@ -343,34 +350,34 @@ class SimEngine:
     def load(self, detailed: bool = False) -> InstanceLoad:
         """O(1) snapshot; ``detailed=True`` also lists every request (for migration's request selection)."""
         used = self.num_blocks - len(self._free)
-        common = dict(
-            terminating=self.terminating,
-            migrating=self.migrations_in_flight > 0,
-            num_preemptions=self.num_preemptions,
-            time=self.now,
-        )
         if detailed:
             with self._lock:
                 bs = self.block_size
                 running = [self._request_load(s, len(s.block_ids), False) for s in self._running]
                 running += [self._request_load(s, len(b), True) for s, b in self._paused.values()]
                 waiting = [self._request_load(s, -(-s.total // bs), False) for s in self._waiting]
-            load = InstanceLoad.from_requests(self.instance_id, self.num_blocks, used, running, waiting, **common)
+            load = InstanceLoad.from_requests(
+                self.instance_id, self.num_blocks, used, running, waiting, terminating=self.terminating,
+                migrating=self.migrations_in_flight > 0, num_preemptions=self.num_preemptions, time=self.now,
+            )
             # Reserved blocks of incoming migrations are used too: count them so the load is consistent.
             return load if load.running_blocks == used else _with_running_blocks(load, used)
         waiting = self._waiting
         return InstanceLoad(
-            self.instance_id,
-            self.num_blocks,
-            used,
+            instance_id=self.instance_id,
+            total_blocks=self.num_blocks,
+            used_blocks=used,
             num_running=len(self._running) + len(self._paused),
             num_waiting=len(waiting),
-            running_blocks=used,
+            running_blocks=used,  # reserved blocks of incoming migrations count as used
             waiting_demand_blocks=self._waiting_demand,
             hol_demand_blocks=-(-waiting[0].total // self.block_size) if waiting else 0,
             num_high_priority=self._num_high,
             num_preempted_waiting=self._num_preempted_waiting,
-            **common,
+            terminating=self.terminating,
+            migrating=self.migrations_in_flight > 0,
+            num_preemptions=self.num_preemptions,
+            time=self.now,
         )
 
     @staticmethod
@@ -457,6 +464,7 @@ class SimEngine:
             if not isinstance(seq, SimSeq):
                 seq = SimSeq(request)
                 seq.generated = request.num_output_tokens
+                seq.total = seq.prompt_len + seq.generated
             request.metadata["sim_seq"] = seq
             seq.block_ids = list(block_ids)
             seq.capacity = len(block_ids) * self.block_size
