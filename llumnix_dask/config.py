@@ -152,6 +152,9 @@ class EngineConfig:
     dtype: str = "float32"
     device: str = "auto"  # "auto" = cuda if visible else cpu
     seed: int = 0
+    # torch intra-op CPU threads of the process hosting the engine (None = leave torch's default). Several
+    # engine processes on one small box run much better with 1 each than with competing thread pools.
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", ENGINE_BACKENDS)
@@ -161,6 +164,8 @@ class EngineConfig:
                 _fail(self, name, f"must be an integer >= 1, got {value!r}")
         if self.num_blocks is not None and (not isinstance(self.num_blocks, int) or self.num_blocks < 1):
             _fail(self, "num_blocks", f"must be an integer >= 1 or None, got {self.num_blocks!r}")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            _fail(self, "cpu_threads", f"must be an integer >= 1 or None, got {self.cpu_threads!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             _fail(self, "max_model_len", f"must be an integer >= 2 or None, got {self.max_model_len!r}")
         _check_positive(self, "kv_cache_bytes")

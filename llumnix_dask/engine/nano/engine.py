@@ -56,6 +56,8 @@ class NanoEngine:
         self.config = config = config or EngineConfig()
         self.instance_id = instance_id
         self.clock = clock
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)  # process-wide: one engine per worker process
         self.device = resolve_device(config.device)
         self.dtype = _DTYPES[config.dtype]
         self.model_path = str(config.model) if config.model else str(default_model_dir())
