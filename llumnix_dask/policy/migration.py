@@ -29,7 +29,8 @@ count with their demand):
 * ``FCW`` first-come waiting request (the head of the queue, what de-fragmentation unblocks); falls
   back to the shortest running one.
 
-SR, LR and LCR move a running request when one is eligible - freeing blocks on the source is what lets its
+With priorities enabled, normal requests are chosen before high-priority ones (a high-priority request
+moves only when nothing else is eligible). SR, LR and LCR move a running request when one is eligible - freeing blocks on the source is what lets its
 blocked head-of-line request start (de-fragmentation) - and fall back to the queued requests otherwise.
 """
 
@@ -40,6 +41,7 @@ from typing import Sequence
 
 from llumnix_dask.config import PolicyConfig
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness
+from llumnix_dask.request import Priority
 
 NON_MIGRATING_POLICIES = ("infaas", "round_robin", "random")
 
@@ -101,6 +103,13 @@ def select_request(src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig) -
     room = dst.free_blocks
     running = [r for r in src.running if not r.migrating and r.blocks <= room]
     waiting = [r for r in src.waiting if not r.migrating and r.blocks <= room]
+    if config.priorities_enabled:
+        # The headroom of a high-priority request is there to push the *other* requests away: move normal
+        # requests first, a high-priority one only when nothing else is eligible.
+        normal_running = [r for r in running if r.priority < Priority.HIGH]
+        normal_waiting = [r for r in waiting if r.priority < Priority.HIGH]
+        if normal_running or normal_waiting:
+            running, waiting = normal_running, normal_waiting
     rule = config.request_selection
     if rule == "SR":
         pool = running or waiting

@@ -80,3 +80,15 @@ def test_selection_skips_migrating_and_requests_that_do_not_fit():
     assert pick("LR", src, small_dst) == "late"
     assert pick("FCW", src, small_dst) == "short"  # no fitting queued request -> shortest running
     assert pick("SR", InstanceLoad("s", 100, 0), DST) is None
+
+
+def test_selection_moves_normal_requests_before_high_priority_ones():
+    from llumnix_dask.request import Priority
+
+    hp = RequestLoad("hp", 2, priority=Priority.HIGH, num_tokens=20, arrival_time=0.0)
+    normal = RequestLoad("n", 30, num_tokens=480, arrival_time=1.0)
+    src = InstanceLoad.from_requests("s", 100, 32, running=(hp, normal))
+    assert pick("SR", src) == "n"  # hp is shorter, but its headroom is meant to push the others away
+    assert select_request(src, DST, PolicyConfig(priorities_enabled=False)).request_id == "hp"
+    only_hp = InstanceLoad.from_requests("s", 100, 2, running=(hp,))
+    assert pick("SR", only_hp) == "hp"
