@@ -83,7 +83,8 @@ def main() -> None:
     }
     met = summary["high_e2e_mean_speedup"] >= 1.2 and summary["normal_e2e_mean_penalty_pct"] <= 5
     print(f"\nhigh-priority mean latency base/llumnix {summary['high_e2e_mean_speedup']:.3f}x (target >= 1.2x), "
-          f"prefill P99 {summary['high_prefill_p99_speedup']:.2f}x, decode mean {summary['high_decode_mean_speedup']:.3f}x; "
+          f"prefill P99 {summary['high_prefill_p99_speedup']:.2f}x, "
+          f"decode mean {summary['high_decode_mean_speedup']:.3f}x; "
           f"normal mean latency penalty {summary['normal_e2e_mean_penalty_pct']:+.2f}% (target <= 5%) -> "
           f"{'MET' if met else 'MISSED'}")
     name = "priority_sim" if latency == LatencyModel() else "priority_sim_sensitivity"

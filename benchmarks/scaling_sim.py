@@ -85,7 +85,8 @@ def main() -> None:
     print("\n== Llumnix vs INFaaS++ (saving = fewer average instances)")
     print_rows(comparisons, [("x", "x", 0), ("llumnix_instances", "llumnix inst", 2), ("llumnix_p99", "llumnix P99", 3),
                              ("infaas_instances_same_x", "infaas inst (same x)", 2),
-                             ("infaas_p99_same_x", "infaas P99 (same x)", 3), ("saving_same_x_pct", "saving same x %", 1),
+                             ("infaas_p99_same_x", "infaas P99 (same x)", 3),
+                             ("saving_same_x_pct", "saving same x %", 1),
                              ("infaas_instances_at_same_p99", "infaas inst @ same P99", 2),
                              ("saving_at_same_p99_pct", "saving @ same P99 %", 1)])
     at_p99 = [c["saving_at_same_p99_pct"] for c in comparisons if c["saving_at_same_p99_pct"] is not None]

@@ -30,8 +30,9 @@ count with their demand):
   back to the shortest running one.
 
 With priorities enabled, normal requests are chosen before high-priority ones (a high-priority request
-moves only when nothing else is eligible). SR, LR and LCR move a running request when one is eligible - freeing blocks on the source is what lets its
-blocked head-of-line request start (de-fragmentation) - and fall back to the queued requests otherwise.
+moves only when nothing else is eligible). SR, LR and LCR move a running request when one is eligible -
+freeing blocks on the source is what lets its blocked head-of-line request start (de-fragmentation) - and
+fall back to the queued requests otherwise.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def plot_latency_cdfs(results: dict[str, SimResult], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    titles = {"prefill_s": "prefill latency (s)", "decode_s": "decode latency (s/token)", "e2e_s": "request latency (s)"}
+    titles = {"prefill_s": "prefill latency (s)", "decode_s": "decode latency (s/token)",
+              "e2e_s": "request latency (s)"}
     for label, result in results.items():
         for ax, col in zip(axes, LATENCY_COLUMNS):
             v = result.requests[col].to_numpy(dtype=np.float64)
