@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import print_rows, ratio, save  # noqa: E402
 
-from llumnix_dask import Cluster, EngineConfig, PolicyConfig, SamplingParams  # noqa: E402
+from llumnix_dask import Cluster, EngineConfig, SamplingParams  # noqa: E402
 from llumnix_dask.scheduler.stats import summarize  # noqa: E402
 from llumnix_dask.serve.bench import scale_trace_lengths  # noqa: E402
 from llumnix_dask.workloads import generate_trace  # noqa: E402

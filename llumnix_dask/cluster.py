@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
 from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig
 from llumnix_dask.request import Priority, SamplingParams
 from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk
+from llumnix_dask.serve.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Cluster:
                     worker, res = next(iter(failed.items()))
                     raise RuntimeError(f"engine instance failed to start on {worker}: {res.get('exception_text') or res}")
             self._wait_for_instances(lambda rows: len(rows) >= (n_instances if address is None else 1), timeout)
-            self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.engine_config)
+            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.engine_config)
             self.frontend: Frontend = self._run(self._start_frontend())
         except BaseException:
             self.close()
@@ -454,37 +455,3 @@ class Cluster:
                 cells.append(f"<td>{v:.2f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
             table += "<tr>" + "".join(cells) + "</tr>"
         return head + table + "</table>"
-
-
-class _TokenizerAdapter:
-    """``tokenizers.Tokenizer`` with the ``encode -> list[int]`` / ``decode`` shape the frontend uses."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
-
-
-def _load_tokenizer(config: EngineConfig) -> Any:
-    """The model's tokenizer for frontend-side tokenization (None if the model has none)."""
-    from pathlib import Path
-
-    if config.backend != "nano" and config.model is None:
-        return None
-    if config.model is not None:
-        root = Path(config.model)
-    else:
-        from llumnix_dask.engine.nano.tiny_model import default_model_dir
-
-        root = default_model_dir()
-    path = root / "tokenizer.json"
-    if not path.is_file():
-        logger.warning("model %s has no tokenizer.json; prompts must be token ids", root)
-        return None
-    from tokenizers import Tokenizer
-
-    return _TokenizerAdapter(Tokenizer.from_file(str(path)))

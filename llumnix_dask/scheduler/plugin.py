@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "llumnix-global-scheduler"
 # A migration that takes longer than this is reported failed (the source side has its own timeouts).
 MIGRATION_CALL_TIMEOUT_S = 120.0
+# A cluster manager that has not asked for the scaling plan this long is taken to be absent.
+UNMANAGED_AFTER_S = 30.0
 
 
 class GlobalSchedulerPlugin(SchedulerPlugin):
@@ -63,7 +65,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
         self._migration_tasks: set[asyncio.Task] = set()
-        self._last_cluster_poll = 0.0
+        self._last_cluster_poll = -UNMANAGED_AFTER_S
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -271,5 +273,15 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             await asyncio.sleep(self.core.policy.scaling_interval_s)
             try:
                 self.core.scaling_tick()
+                await self._retire_unmanaged()
             except Exception:
                 logger.exception("llumnix scaling tick failed")
+
+    async def _retire_unmanaged(self) -> None:
+        """With no cluster manager polling the plan (``dask scheduler --preload``), retire drained workers
+        here; a manager, when there is one, retires them itself (and stops their processes)."""
+        if time.monotonic() - self._last_cluster_poll < UNMANAGED_AFTER_S:
+            return
+        drained = self.core.drained()
+        if drained:
+            await self.scheduler.retire_workers(workers=[r.address for r in drained], close_workers=True)
