@@ -48,8 +48,8 @@ def start_destination(num_blocks, nbytes, dask_worker):
     engine = create_engine(EngineConfig(num_blocks=num_blocks), f"dst-{dask_worker.name}")
     register_migration_handlers(dask_worker, MigrationDestination(engine, CONFIG), reaper=False)
 
-    async def sink(buffer):
-        return decode_buffer(buffer).numel()  # received and viewed as a tensor, like the real handler
+    async def sink(buffers):
+        return sum(decode_buffer(b).numel() for b in buffers)  # received and viewed, like the real handler
 
     dask_worker.handlers["bench_sink"] = sink
     dask_worker._bench_engine = engine
@@ -93,12 +93,14 @@ async def dask_wire(dst, nbytes, dask_worker):
 
     from llumnix_dask.migration.transport import encode_buffer
 
-    chunk = CONFIG.min_chunk_bytes
-    chunks = [torch.ones(min(chunk, nbytes - i), dtype=torch.uint8) for i in range(0, nbytes, chunk)]
+    # Like a live stage: messages of min_chunk_bytes, each made of max_gather_bytes pieces (one frame each).
+    chunk, piece = CONFIG.min_chunk_bytes, CONFIG.max_gather_bytes
+    messages = [[torch.ones(min(piece, nbytes - j), dtype=torch.uint8) for j in range(i, min(i + chunk, nbytes), piece)]
+                for i in range(0, nbytes, chunk)]
     remote = dask_worker.rpc(dst)
     start = time.perf_counter()
-    for c in chunks:
-        await remote.bench_sink(buffer=encode_buffer(c))
+    for pieces in messages:
+        await remote.bench_sink(buffers=[encode_buffer(p) for p in pieces])
     return time.perf_counter() - start
 
 

@@ -3,7 +3,7 @@
 The destination is passive; it answers the source's handshake messages (in any transport)::
 
     reserve(mid, rid, n)        -> True (n more blocks pre-allocated) | False (refused)
-    receive_blocks(mid, start, buffer)  scatter into pre-allocated blocks start, start+1, ...
+    receive_blocks(mid, start, counts, buffers)  scatter into pre-allocated blocks start, start+1, ...
     commit(mid, state)          the request joins this engine's batch with all pre-allocated blocks
     abort(mid, reason)          free the pre-allocation (or drop the request if the commit ack was lost)
     enqueue(mid, request)       a queued request joins this engine's queue in arrival order
@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from llumnix_dask.config import MigrationConfig
 from llumnix_dask.engine.base import EngineBackend, MigrationState
@@ -133,26 +133,33 @@ class MigrationDestination:
             self._log(s, migration_id, request_id, "reserved", len(ids))
             return True
 
-    def receive_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
-        """Scatter ``buffer`` (``export_blocks`` of ``num_blocks`` blocks) into pre-allocated blocks
-        ``start .. start + num_blocks - 1`` of this migration."""
+    def receive_blocks(self, migration_id: str, start: int, counts: Sequence[int], buffers: Sequence[Any]) -> None:
+        """Scatter ``export_blocks`` buffers (``counts[i]`` blocks each, in order) into this migration's
+        pre-allocated blocks ``start, start+1, ...``."""
+        counts = [int(c) for c in counts]
+        if len(counts) != len(buffers) or any(c < 1 for c in counts):
+            raise ValueError(f"migration {migration_id}: {len(buffers)} buffers for block counts {counts}")
+        total = sum(counts)
         with self._lock:
             s = self._session(migration_id)
-            if start < 0 or num_blocks < 1 or start + num_blocks > len(s.block_ids):
+            if start < 0 or start + total > len(s.block_ids):
                 raise ValueError(
-                    f"migration {migration_id}: blocks {start}..{start + num_blocks - 1} were not reserved "
+                    f"migration {migration_id}: blocks {start}..{start + total - 1} were not reserved "
                     f"(only {len(s.block_ids)})"
                 )
-            ids = s.block_ids[start : start + num_blocks]
+            ids = s.block_ids[start : start + total]
             s.importing += 1
         # The copy runs outside the lock (it is the slow part); an abort meanwhile defers the free to us,
         # so the blocks cannot be handed to another request while we still write into them.
         try:
-            self.engine.import_blocks(ids, buffer)
+            offset = 0
+            for count, buffer in zip(counts, buffers):
+                self.engine.import_blocks(ids[offset : offset + count], buffer)
+                offset += count
         finally:
             with self._lock:
                 s.importing -= 1
-                s.filled += num_blocks
+                s.filled += total
                 s.last_heard = self.clock()
                 free_now = s.dropped and s.importing == 0
             if free_now:

@@ -46,23 +46,25 @@ class _Link:
         self.stream = torch.cuda.Stream(device=device)
         self.lock = threading.Lock()  # an NCCL communicator must not be driven from two threads at once
 
-    def send(self, buffer: torch.Tensor) -> None:
+    def send(self, buffers: list[torch.Tensor]) -> None:
         nccl = _nccl()
         with self.lock, torch.cuda.device(self.device):
             ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self.device))  # after the export that made buffer
+            ready.record(torch.cuda.current_stream(self.device))  # after the exports that made the buffers
             self.stream.wait_event(ready)
-            self.comm.send(buffer.data_ptr(), buffer.numel() * buffer.element_size(), nccl.NCCL_UINT8, 1,
-                           self.stream.cuda_stream)
-            buffer.record_stream(self.stream)  # keep the allocator from reusing it before the send ends
+            for buffer in buffers:  # matched one by one, in order, by the receiver's ncclRecv
+                self.comm.send(buffer.data_ptr(), buffer.numel() * buffer.element_size(), nccl.NCCL_UINT8, 1,
+                               self.stream.cuda_stream)
+                buffer.record_stream(self.stream)  # the allocator must not reuse it before the send ends
             self.stream.synchronize()
 
-    def recv(self, buffer: torch.Tensor) -> None:
+    def recv(self, buffers: list[torch.Tensor]) -> None:
         nccl = _nccl()
         with self.lock, torch.cuda.device(self.device):
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # buffer allocated
-            self.comm.recv(buffer.data_ptr(), buffer.numel() * buffer.element_size(), nccl.NCCL_UINT8, 0,
-                           self.stream.cuda_stream)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # buffers allocated
+            for buffer in buffers:
+                self.comm.recv(buffer.data_ptr(), buffer.numel() * buffer.element_size(), nccl.NCCL_UINT8, 0,
+                               self.stream.cuda_stream)
             self.stream.synchronize()  # the scatter that follows runs on another stream
 
     def close(self) -> None:
@@ -127,7 +129,7 @@ class NcclPeers:
             await asyncio.to_thread(old.close)
 
     async def _handle_blocks(
-        self, src: str, migration_id: str, start: int, num_blocks: int, dtype: str, shape: list[int]
+        self, src: str, migration_id: str, start: int, counts: list[int], metas: list[dict]
     ) -> None:
         link = self._in.get(src)
         if link is None:
@@ -135,21 +137,21 @@ class NcclPeers:
         destination = getattr(self.worker, "_llumnix_migration_destination", None)
         if destination is None:
             raise RuntimeError(f"{self.address} is not a migration destination (register_migration_handlers)")
-        buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-        # Receive first even if the migration is unknown here: the sender's ncclSend must be matched.
-        await asyncio.to_thread(link.recv, buffer)
-        await asyncio.to_thread(destination.receive_blocks, migration_id, start, num_blocks, buffer)
+        buffers = [torch.empty(m["shape"], dtype=getattr(torch, m["dtype"]), device=self.device) for m in metas]
+        # Receive first even if the migration is unknown here: the sender's ncclSends must be matched.
+        await asyncio.to_thread(link.recv, buffers)
+        await asyncio.to_thread(destination.receive_blocks, migration_id, start, counts, buffers)
 
-    async def send(self, peer: str, migration_id: str, start: int, num_blocks: int, buffer: torch.Tensor) -> None:
+    async def send(
+        self, peer: str, migration_id: str, start: int, counts: list[int], buffers: list[torch.Tensor]
+    ) -> None:
         link = await self.outgoing(peer)
-        buffer = buffer.contiguous()
-        if buffer.device != self.device:
-            buffer = buffer.to(self.device)
+        buffers = [b.contiguous() if b.device == self.device else b.to(self.device).contiguous() for b in buffers]
+        metas = [{"dtype": str(b.dtype).removeprefix("torch."), "shape": list(b.shape)} for b in buffers]
         remote = self.worker.rpc(peer).llumnix_nccl_blocks(
-            src=self.address, migration_id=migration_id, start=start, num_blocks=num_blocks,
-            dtype=str(buffer.dtype).removeprefix("torch."), shape=list(buffer.shape),
+            src=self.address, migration_id=migration_id, start=start, counts=list(counts), metas=metas
         )
-        sending = asyncio.ensure_future(asyncio.to_thread(link.send, buffer))
+        sending = asyncio.ensure_future(asyncio.to_thread(link.send, buffers))
         try:
             await remote
         except BaseException:
@@ -180,13 +182,13 @@ class NcclEndpoint(DaskEndpoint):
         super().__init__(address, peers.worker.rpc, name)
         self.peers = peers
 
-    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
-        if not isinstance(buffer, torch.Tensor) or not buffer.is_cuda:
-            await super().send_blocks(migration_id, start, num_blocks, buffer)  # a CPU engine: plain comm
+    async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
+        if not all(isinstance(b, torch.Tensor) and b.is_cuda for b in buffers):
+            await super().send_blocks(migration_id, start, counts, buffers)  # a CPU engine: plain comm
             return
         lock = self.peers._setup.setdefault(f"send:{self.address}", asyncio.Lock())
         async with lock:
-            await self.peers.send(self.address, migration_id, start, num_blocks, buffer)
+            await self.peers.send(self.address, migration_id, start, counts, buffers)
 
     async def commit(self, migration_id: str, state: MigrationState) -> None:
         await super().commit(migration_id, state)

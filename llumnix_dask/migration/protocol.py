@@ -58,8 +58,9 @@ class DestinationEndpoint(Protocol):
     async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
         """Pre-allocate ``num_blocks`` more blocks for this migration; False = refused."""
 
-    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
-        """Deliver ``export_blocks`` of ``num_blocks`` blocks into reserved blocks ``start, start+1, ...``."""
+    async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
+        """Deliver ``export_blocks`` buffers, of ``counts[i]`` blocks each, into the reserved blocks
+        ``start, start+1, ...`` (in order, one message)."""
 
     async def commit(self, migration_id: str, state: MigrationState) -> None:
         """The destination adopts the request; it decodes on there from now on."""
@@ -278,7 +279,7 @@ async def _migrate_running(
             # Downtime counts from here: the request is out of the batch until the destination has it.
             pause_start = time.perf_counter()
             ids = state.block_ids[sent : math.ceil(state.num_kv_tokens / bs)]
-            nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
+            nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1, paused=True)
             reserved = True
             if request.status is not RequestStatus.MIGRATING:
                 raise MigrationAborted("aborted")  # aborted by the client while paused
@@ -308,13 +309,13 @@ async def _migrate_running(
 
 
 def chunk_blocks(block_nbytes: int, config: MigrationConfig) -> int:
-    """Blocks per transport message: the fewest that reach ``min_chunk_bytes``.
-
-    Big enough that the per-message cost is amortised, small enough that the export (which holds the
-    engine's lock) delays a decode step by one ~16 MB copy at most, and that the next chunk's export
-    overlaps the current chunk's send.
-    """
+    """Blocks per transport message: the fewest that reach ``min_chunk_bytes`` (per-message cost amortised)."""
     return max(1, math.ceil(config.min_chunk_bytes / max(block_nbytes, 1)))
+
+
+def gather_blocks(block_nbytes: int, config: MigrationConfig) -> int:
+    """Blocks per gather from the source's cache: at most ``max_gather_bytes`` (the engine's lock is held)."""
+    return max(1, config.max_gather_bytes // max(block_nbytes, 1))
 
 
 def _nbytes(buffer: Any) -> int:
@@ -348,31 +349,43 @@ async def send_stage(
     config: MigrationConfig,
     *,
     first_stage: bool,
+    paused: bool = False,
 ) -> int:
-    """One stage: reserve ``len(ids)`` blocks on the destination, export ``ids`` in chunks and send them
-    into the reserved blocks ``start, start+1, ...`` of migration ``mid``; returns the bytes sent.
+    """One stage: reserve ``len(ids)`` blocks on the destination, gather ``ids`` and send them into the
+    reserved blocks ``start, start+1, ...`` of migration ``mid``; returns the bytes sent.
 
-    The handshake overlaps the first chunk's export, and each next chunk is gathered while the previous
-    one is on the wire. Raises ``_Refused`` (first stage) or ``MigrationAborted`` when the destination
-    has no room.
+    While the request decodes (live stage) blocks are gathered in small pieces, so each gather delays
+    a decode step of the source by little; pieces travel several to a message of >= ``min_chunk_bytes``.
+    Paused, the few remaining blocks are gathered at once (fewest lock round trips = least downtime).
+    The handshake overlaps the first gather and the next message is gathered while one is on the wire.
+    Raises ``_Refused`` (first stage) or ``MigrationAborted`` when the destination has no room.
     """
-    export: Callable[[Sequence[int]], Any] = engine.export_blocks
-    step = chunk_blocks(await asyncio.to_thread(block_nbytes, engine), config) if ids else 1
-    chunks = [list(ids[i : i + step]) for i in range(0, len(ids), step)]
-    pending: asyncio.Future | None = asyncio.ensure_future(asyncio.to_thread(export, chunks[0])) if chunks else None
+    if ids:
+        per_block = await asyncio.to_thread(block_nbytes, engine)
+        piece = len(ids) if paused else min(len(ids), gather_blocks(per_block, config))
+        per_message = piece * math.ceil(chunk_blocks(per_block, config) / piece)
+    else:
+        piece = per_message = 1
+    messages = [list(ids[i : i + per_message]) for i in range(0, len(ids), per_message)]
+
+    async def gather(message: list[int]) -> list[Any]:
+        # Sequential gathers, each its own engine-lock round trip, interleaved with the decode steps.
+        return [await asyncio.to_thread(engine.export_blocks, message[i : i + piece]) for i in range(0, len(message), piece)]
+
+    pending: asyncio.Future | None = asyncio.ensure_future(gather(messages[0])) if messages else None
     total = 0
     try:
         if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
             raise _Refused() if first_stage else MigrationAborted("dst-out-of-blocks")
-        for k, chunk in enumerate(chunks):
+        for k, message in enumerate(messages):
             try:
-                buffer = await pending
+                buffers = await pending
             except Exception as exc:  # noqa: BLE001
                 raise MigrationAborted(f"export-failed:{type(exc).__name__}") from exc
-            if k + 1 < len(chunks):
-                pending = asyncio.ensure_future(asyncio.to_thread(export, chunks[k + 1]))
-            await _call(config, "send", dst.send_blocks(mid, start + k * step, len(chunk), buffer))
-            total += _nbytes(buffer)
+            pending = asyncio.ensure_future(gather(messages[k + 1])) if k + 1 < len(messages) else None
+            counts = [min(piece, len(message) - i) for i in range(0, len(message), piece)]
+            await _call(config, "send", dst.send_blocks(mid, start + k * per_message, counts, buffers))
+            total += sum(_nbytes(b) for b in buffers)
     finally:
         if pending is not None and not pending.done():
             pending.cancel()

@@ -46,8 +46,8 @@ class InProcessEndpoint:
     async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
         return await asyncio.to_thread(self.destination.reserve, migration_id, request_id, num_blocks)
 
-    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
-        await asyncio.to_thread(self.destination.receive_blocks, migration_id, start, num_blocks, buffer)
+    async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
+        await asyncio.to_thread(self.destination.receive_blocks, migration_id, start, counts, buffers)
 
     async def commit(self, migration_id: str, state: MigrationState) -> None:
         state = pickle.loads(pickle.dumps(state))  # the destination must own its copy, as over a wire
@@ -113,10 +113,13 @@ class DaskEndpoint:
             )
         )
 
-    async def send_blocks(self, migration_id: str, start: int, num_blocks: int, buffer: Any) -> None:
-        encoded = await asyncio.to_thread(encode_buffer, buffer)  # a GPU buffer is copied to host first
+    async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
+        if any(getattr(b, "is_cuda", False) for b in buffers):
+            encoded = await asyncio.to_thread(lambda: [encode_buffer(b) for b in buffers])  # device -> host copy
+        else:
+            encoded = [encode_buffer(b) for b in buffers]  # views, no copy
         await self._remote().llumnix_migration_blocks(
-            migration_id=migration_id, start=start, num_blocks=num_blocks, buffer=encoded
+            migration_id=migration_id, start=start, counts=list(counts), buffers=encoded
         )
 
     async def commit(self, migration_id: str, state: MigrationState) -> None:
@@ -142,9 +145,9 @@ def register_migration_handlers(worker: Any, destination: MigrationDestination, 
     async def reserve(migration_id: str, request_id: str, num_blocks: int) -> bool:
         return await asyncio.to_thread(destination.reserve, migration_id, request_id, int(num_blocks))
 
-    async def blocks(migration_id: str, start: int, num_blocks: int, buffer: dict) -> None:
-        tensor = decode_buffer(buffer)
-        await asyncio.to_thread(destination.receive_blocks, migration_id, int(start), int(num_blocks), tensor)
+    async def blocks(migration_id: str, start: int, counts: list[int], buffers: list[dict]) -> None:
+        tensors = [decode_buffer(b) for b in buffers]
+        await asyncio.to_thread(destination.receive_blocks, migration_id, int(start), counts, tensors)
 
     async def commit(migration_id: str, state: MigrationState) -> None:
         await asyncio.to_thread(destination.commit, migration_id, state)

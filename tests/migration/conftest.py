@@ -13,9 +13,10 @@ from llumnix_dask.request import Request, SamplingParams
 
 # Small enough to be quick, large enough for a few 40-token prompts and 80-token outputs.
 ENGINE = EngineConfig(num_blocks=96, max_batch_size=8)
-# Several live stages even for short requests: each stage moves at least one completed block.
-FAST = MigrationConfig(last_stage_max_blocks=1, max_stages=4, dst_watermark_blocks=4, min_chunk_bytes=1 << 16,
-                       stage_timeout_s=5.0)
+# Several live stages even for short requests (each moves at least one completed block), and with the
+# tiny model's 64 KiB blocks, gathers of 2 blocks sent 3 to a message: chunking is exercised too.
+FAST = MigrationConfig(last_stage_max_blocks=1, max_stages=4, dst_watermark_blocks=4, min_chunk_bytes=5 << 16,
+                       max_gather_bytes=2 << 16, stage_timeout_s=5.0)
 
 
 def make_request(i: int, *, max_tokens: int = 60, seeded: bool = False, prompt_len: int = 40) -> Request:

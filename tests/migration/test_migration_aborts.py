@@ -203,7 +203,7 @@ def test_silent_source_destination_frees_pre_allocation_after_timeout(nano):
     with pytest.raises(UnknownMigration):
         dst.reserve("m1", "r", 1)  # a late stage cannot reopen it
     with pytest.raises(UnknownMigration):
-        dst.receive_blocks("m1", 0, 1, b.export_blocks([0]))
+        dst.receive_blocks("m1", 0, [1], [b.export_blocks([0])])
 
 
 def test_reaper_thread_frees_a_dead_sources_blocks(nano):

@@ -128,8 +128,8 @@ def test_comparison_detects_a_corrupted_kv_copy(nano, reference):
     """The bit-identity check has teeth: a transport that loses the copied KV changes the output."""
 
     class ZeroingEndpoint(InProcessEndpoint):
-        async def send_blocks(self, migration_id, start, num_blocks, buffer):
-            await super().send_blocks(migration_id, start, num_blocks, buffer * 0)
+        async def send_blocks(self, migration_id, start, counts, buffers):
+            await super().send_blocks(migration_id, start, counts, [b * 0 for b in buffers])
 
     pair = Pair(nano)
     req = make_request(3, seeded=True)
