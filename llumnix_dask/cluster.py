@@ -100,7 +100,9 @@ class Cluster:
             self.client.register_plugin(GlobalSchedulerPlugin(policy or PolicyConfig()))
             if address is not None and policy is not None:
                 self.set_policy(**dataclasses.asdict(policy))
-            if address is None or not self._instance_rows():
+            if address is not None:
+                self.client.wait_for_workers(1, timeout=timeout)  # a plain scheduler needs workers to serve
+            if address is None or not (self._instance_rows() or self._workers_preloaded()):
                 results = self.client.register_plugin(
                     InstanceWorkerPlugin(
                         self.engine_config,
@@ -144,6 +146,18 @@ class Cluster:
             return self._scheduler_call("llumnix_instances")
         except Exception:
             return []
+
+    def _workers_preloaded(self) -> bool:
+        """True if any worker was started with ``--preload llumnix_dask.workers`` (its engine may still be
+        building): then the plugin must not be installed a second time."""
+
+        def has_preload(dask_worker: Any) -> bool:
+            return any("llumnix_dask.workers" in str(getattr(p, "name", "")) for p in dask_worker.preloads)
+
+        try:
+            return any(self.client.run(has_preload).values())
+        except Exception:
+            return False
 
     def _wait_for_instances(self, ready: Any, timeout: float) -> list[dict]:
         deadline = time.monotonic() + timeout

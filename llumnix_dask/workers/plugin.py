@@ -48,7 +48,9 @@ def default_engine_factory(config: EngineConfig, instance_id: str) -> Any:
 
 
 def instance_id_for(worker: Any) -> str:
-    return f"instance-{worker.name}"
+    """``instance-<worker name>``; a worker named by its address (``dask worker`` CLI) -> ``instance-host:port``."""
+    name = str(worker.name)
+    return f"instance-{name.split('://', 1)[-1]}"
 
 
 def pin_gpu(worker_name: Any, gpu_count: int | None) -> str | None:
