@@ -66,8 +66,9 @@ class PolicyConfig:
     # high-priority request so that it stays lightly loaded (small batches, fast decode).
     priorities_enabled: bool = True
     priority_headroom_blocks: int = 320
-    # Time-to-first-token targets (seconds) of normal and high-priority requests, None = no target. The
-    # dashboard draws them and the control panel edits them live; requests still carry their own ``slo``.
+    # Time-to-first-token targets (seconds) of normal and high-priority requests, None = no target. SLO
+    # attainment measures requests without their own ``slo`` against them; the dashboard draws them and the
+    # control panel edits them live.
     ttft_slo_s: float | None = None
     ttft_slo_high_s: float | None = None
     # Auto-scaling: keep the cluster's average freeness inside [scale_up_freeness, scale_down_freeness].
