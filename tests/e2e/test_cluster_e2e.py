@@ -56,6 +56,14 @@ def test_astream_works_from_another_event_loop(cluster):
     assert "".join(asyncio.run(collect())) == cluster.generate(PROMPT, max_tokens=6, ignore_eos=True)
 
 
+def test_priority_and_slo_reach_the_scheduler(cluster):
+    cluster.generate(PROMPT, max_tokens=3, priority="high", slo=30.0)
+    reason = cluster.explain(1, kind="dispatch")["reason"].iloc[0]
+    assert reason["high_priority"] is True
+    wait_until(lambda: cluster.snapshot()["latency"]["high"]["ttft"]["count"] >= 1, what="latency report")
+    assert cluster.snapshot()["latency"]["high"]["slo_attainment"] == 1.0
+
+
 def test_a_burst_is_spread_over_the_instances(cluster):
     futures = [cluster.submit(f"request {i}", max_tokens=24, ignore_eos=True) for i in range(6)]
     first = [f.result(timeout=120).instances[0] for f in futures]
