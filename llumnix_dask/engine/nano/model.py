@@ -53,6 +53,10 @@ class NanoLlama:
         kv = kv.view(2, B, nb * cache.block_size, self.args.num_kv_heads, self.args.head_dim).transpose(2, 3)
         return kv[0], kv[1]
 
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return zeros.masked_fill_(~allowed, float("-inf"))
+
     def forward(self, batch: ForwardBatch, cache: PagedKVCache) -> torch.Tensor:
         """Logits (float32) of the tokens listed in ``batch.logits_index``; writes the KV of every token."""
         a, ck = self.args, self.ckpt
@@ -63,11 +67,14 @@ class NanoLlama:
         cos = self.cos[batch.positions][:, None, :]
         sin = self.sin[batch.positions][:, None, :]
 
-        pf_mask = None
+        # Additive float masks: the CPU attention kernels run about twice as fast with them as with bool.
+        dec_mask = pf_mask = None
+        if batch.dec_mask is not None:
+            dec_mask = self._additive(batch.dec_mask)
         if batch.pf_mask is not None:
             P, _, Q, K = batch.pf_mask.shape
             # Query heads of one KV head are stacked along the query axis: repeat the mask per head.
-            pf_mask = batch.pf_mask[:, :, None].expand(P, 1, G, Q, K).reshape(P, 1, G * Q, K)
+            pf_mask = self._additive(batch.pf_mask[:, :, None].expand(P, 1, G, Q, K).reshape(P, 1, G * Q, K))
 
         for li, w in enumerate(ck.layers):
             h = rms_norm(x, w.input_norm, a.rms_norm_eps)
@@ -83,7 +90,7 @@ class NanoLlama:
             if D:
                 kg, vg = self._gather(cache, li, batch.dec_block_tables)
                 qd = q[:D].reshape(D, KVH, G, Dh)
-                od = F.scaled_dot_product_attention(qd, kg, vg, attn_mask=batch.dec_mask)
+                od = F.scaled_dot_product_attention(qd, kg, vg, attn_mask=dec_mask)
                 parts.append(od.reshape(D, H * Dh))
             if pf_mask is not None:
                 P, Q = batch.pf_token_index.shape
