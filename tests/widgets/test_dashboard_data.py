@@ -128,28 +128,6 @@ def test_page_without_the_plugin_says_how_to_install_it():
     assert "--preload llumnix_dask.scheduler" in page.figures.header.text
 
 
-def test_register_page_adds_the_route_and_the_navigation_entry():
-    import distributed.dashboard.scheduler as dash
-
-    from llumnix_dask.widgets.dashboard import individual_llumnix_doc, llumnix_doc, register_page
-
-    assert register_page() and register_page()  # idempotent
-    assert dash.applications["/llumnix"] is llumnix_doc
-    assert dash.applications["/individual-llumnix"] is individual_llumnix_doc
-
-    class FakeScheduler:
-        jupyter = False
-
-    pages = dash.template_variables(FakeScheduler())["pages"]
-    assert pages.count("llumnix") == 1 and pages[-1] == "info"
-
-
-def test_importing_the_scheduler_module_outside_a_preload_does_not_register():
-    from llumnix_dask.widgets.dashboard import register_page_if_preloading
-
-    assert register_page_if_preloading() is False
-
-
 def test_policy_dict_has_the_slo_fields_the_page_reads():
     fields = {f.name for f in dataclasses.fields(PolicyConfig)}
     assert {"ttft_slo_s", "ttft_slo_high_s", "migrate_out_freeness", "migrate_in_freeness"} <= fields
