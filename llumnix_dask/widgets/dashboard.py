@@ -177,7 +177,8 @@ class LlumnixDashboard:
         f.migrate_in_label.text = f"migrate in > {high:g}"
         lo, hi = dd.freeness_axis(snapshot)
         f.freeness_range.start, f.freeness_range.end = lo, hi
-        f.kv_range.end = max(1.0, max((u + v + fr for u, v, fr in zip(cols["used"], cols["virtual"], cols["free"])), default=1.0))
+        widest = max((u + v + fr for u, v, fr in zip(cols["used"], cols["virtual"], cols["free"])), default=1.0)
+        f.kv_range.end = max(1.0, widest)
         f.queue_range.end = max(4, max((r + w for r, w in zip(cols["running"], cols["waiting"])), default=0) * 1.15)
 
         now_ms = float(snapshot["time"]) * 1000.0
@@ -245,7 +246,8 @@ def _header_html(snapshot: dict) -> str:
         chip("TTFT P99", f"{ttft * 1000:.0f} ms" if ttft is not None else "-"),
         chip("SLO met", f"{slo * 100:.0f}%" if slo is not None else "-"),
     ]
-    return "<div style='font-size:13px'><b style='font-size:16px;margin-right:12px'>Llumnix</b>" + "".join(chips) + "</div>"
+    title = "<b style='font-size:16px;margin-right:12px'>Llumnix</b>"
+    return "<div style='font-size:13px'>" + title + "".join(chips) + "</div>"
 
 
 def _decisions_html(snapshot: dict) -> str:

@@ -147,7 +147,8 @@ def build_figures() -> DashboardFigures:
     timeline_range = FactorRange()
     mig = sources["migrations"]
     timeline = figure(
-        title="Live migrations: src -> dst (green committed, red failed; hover for downtime)", x_axis_type="datetime", x_range=time_range, y_range=timeline_range,
+        title="Live migrations: src -> dst (green committed, red failed; hover for downtime)",
+        x_axis_type="datetime", x_range=time_range, y_range=timeline_range,
         height=TIME_HEIGHT, sizing_mode="stretch_width", tools="", toolbar_location=None, name="llumnix_timeline",
     )
     seg = timeline.segment(x0="start", y0="src", x1="end", y1="dst", source=mig, line_color="color", line_width=3,

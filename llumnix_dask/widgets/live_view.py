@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import ipywidgets as widgets
 
@@ -53,7 +53,8 @@ def render_html(snapshot: dict) -> str:
             f"<tr><td {td}><code>{html.escape(iid)}</code>{badge}</td><td {td}>{_bar(cols, i)}</td>"
             f"<td {td}>{cols['used_blocks'][i]}/{cols['total_blocks'][i]}</td>"
             f"<td {td}>{cols['running'][i]}</td><td {td}>{cols['waiting'][i]}</td>"
-            f"<td {td}><b style='color:{cols['freeness_color'][i]}'>{html.escape(cols['freeness_text'][i])}</b></td></tr>"
+            f"<td {td}><b style='color:{cols['freeness_color'][i]}'>"
+            f"{html.escape(cols['freeness_text'][i])}</b></td></tr>"
         )
     head = "".join(f"<th {td}>{h}</th>" for h in ("instance", "KV: used / virtual / free", "blocks", "running",
                                                   "waiting", "freeness"))
@@ -64,8 +65,10 @@ def render_html(snapshot: dict) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(float(m.get("time") or 0)))
         ok = bool(m.get("ok"))
         color = dd.COLOR_OK if ok else dd.COLOR_FAILED
+        downtime_ms = float(m.get("downtime_s") or 0) * 1000
+        total_ms = float(m.get("total_s") or 0) * 1000
         detail = (
-            f"downtime {float(m.get('downtime_s') or 0) * 1000:.1f} ms, total {float(m.get('total_s') or 0) * 1000:.0f} ms"
+            f"downtime {downtime_ms:.1f} ms, total {total_ms:.0f} ms"
             if ok
             else html.escape(str(m.get("reason", ""))[:80])
         )

@@ -28,7 +28,6 @@ HEADROOM_SLIDER_MAX = 2000
 INSTANCES_SLIDER_MAX = 64
 
 _DESCRIPTION_STYLE = {"description_width": "150px"}
-_LAYOUT = widgets.Layout(width="460px")
 
 
 class ControlPanel(widgets.VBox):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+
 def test_register_page_adds_the_route_and_the_navigation_entry():
     import distributed.dashboard.scheduler as dash
 
