@@ -111,3 +111,36 @@ def test_sharded_checkpoint_loads_like_single_file(small_model, tmp_path):
             engine.step()
         outs.append(req.output_token_ids)
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 32},
+        {"rope_type": "linear", "factor": 4.0},
+    ],
+    ids=["llama3", "linear"],
+)
+def test_rope_scaling_matches_reference(small_model, tmp_path, scaling):
+    """Llama-3 style and linear RoPE scaling, at positions past the original context."""
+    dst = tmp_path / "scaled"
+    dst.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"):
+        (dst / name).write_bytes((Path(small_model) / name).read_bytes())
+    cfg = json.loads((Path(small_model) / "config.json").read_text())
+    cfg["rope_scaling"] = scaling
+    (dst / "config.json").write_text(json.dumps(cfg))
+    engine = make_engine(str(dst))
+    engine.capture_logits = True
+    req = new_request(prompt(70, 9), "r", max_tokens=6)
+    engine.add_request(req)
+    while engine.has_work():
+        engine.step()
+    ref = hf_logits(str(dst), req.all_token_ids[:-1])[req.num_prompt_tokens - 1 :]
+    torch.testing.assert_close(torch.stack(engine.captured_logits["r"]), ref, atol=ATOL, rtol=1e-4)
+    plain = make_engine(small_model)
+    plain.capture_logits = True
+    plain.add_request(new_request(prompt(70, 9), "r", max_tokens=1))
+    plain.step()
+    assert not torch.allclose(plain.captured_logits["r"][0], ref[0], atol=1e-2)  # scaling changed the result

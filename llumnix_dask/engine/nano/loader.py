@@ -115,7 +115,12 @@ def read_model_args(path: str | Path) -> ModelArgs:
     if arch == "MistralForCausalLM" and cfg.get("sliding_window") not in (None, 0):
         if cfg["sliding_window"] < cfg.get("max_position_embeddings", 0):
             raise ValueError("model: sliding-window attention is not supported by the nano engine")
-    scaling = cfg.get("rope_scaling")
+    # transformers >= 5 writes rope_parameters (theta + scaling) instead of rope_theta / rope_scaling.
+    rope_params = cfg.get("rope_parameters") or {}
+    rope_theta = float(rope_params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    scaling = cfg.get("rope_scaling") or {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    if scaling and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        scaling = None
     if scaling:
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ("default", "linear", "llama3"):
@@ -132,7 +137,7 @@ def read_model_args(path: str | Path) -> ModelArgs:
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=rope_theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         # Qwen2 always has QKV bias (its config has no switch for it).
