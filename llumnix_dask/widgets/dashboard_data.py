@@ -72,7 +72,7 @@ def instance_columns(snapshot: dict) -> dict[str, list]:
         for k in (
             "instance_id", "used", "virtual", "free", "used_blocks", "total_blocks", "virtual_blocks",
             "kv_pct", "running", "waiting", "high_priority", "preemptions", "freeness_bar", "freeness_text",
-            "freeness_color", "state", "device", "dispatched",
+            "freeness_color", "freeness_text_align", "freeness_text_offset", "state", "device", "dispatched",
         )
     }
     for row in sorted_instances(snapshot):
@@ -111,6 +111,9 @@ def instance_columns(snapshot: dict) -> dict[str, list]:
         cols["freeness_bar"].append(bar)
         cols["freeness_text"].append(text)
         cols["freeness_color"].append(color)
+        # The value sits just outside the bar's end: right of positive bars, left of negative ones.
+        cols["freeness_text_align"].append("left" if bar >= 0 else "right")
+        cols["freeness_text_offset"].append(4 if bar >= 0 else -4)
         cols["state"].append(state)
         cols["device"].append(str(row.get("device", "")))
         cols["dispatched"].append(int(row.get("dispatched") or 0))

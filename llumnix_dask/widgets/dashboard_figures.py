@@ -12,7 +12,6 @@ from bokeh.models import (
     Div,
     FactorRange,
     HoverTool,
-    Label,
     Range1d,
     Span,
 )
@@ -40,8 +39,7 @@ class DashboardFigures:
     count_range: Range1d
     migrate_out_span: Span
     migrate_in_span: Span
-    migrate_out_label: Label
-    migrate_in_label: Label
+    freeness_figure: Any
     target_span: Span
     slo_spans: dict[str, Span]
 
@@ -128,17 +126,13 @@ def build_figures() -> DashboardFigures:
     free.hbar(y="instance_id", right="freeness_bar", left=0, height=0.7, source=inst, color="freeness_color")
     free.text(
         x="freeness_bar", y="instance_id", text="freeness_text", source=inst, text_font_size="11px",
-        x_offset=4, text_baseline="middle", text_color="#343a40",
+        x_offset="freeness_text_offset", text_align="freeness_text_align", text_baseline="middle",
+        text_color="#343a40",
     )
     free.add_tools(HoverTool(tooltips=instance_tooltips))
     out_span = Span(location=10, dimension="height", line_color=dd.COLOR_LOW, line_dash="dashed", line_width=2)
     in_span = Span(location=60, dimension="height", line_color=dd.COLOR_HIGH, line_dash="dashed", line_width=2)
-    # Labels sit at the top of the frame: y is set to the number of instances on every update.
-    out_label = Label(x=10, y=0, text="migrate out", text_font_size="10px", text_color=dd.COLOR_LOW,
-                      x_offset=3, y_offset=-12, text_baseline="middle")
-    in_label = Label(x=60, y=0, text="migrate in", text_font_size="10px", text_color=dd.COLOR_HIGH,
-                     x_offset=3, y_offset=-12, text_baseline="middle")
-    for item in (out_span, in_span, out_label, in_label):
+    for item in (out_span, in_span):
         free.add_layout(item)
     free.xaxis.axis_label = "blocks per request (red: migrates out, green: takes migrations)"
 
@@ -220,5 +214,5 @@ def build_figures() -> DashboardFigures:
         root=root, sources=sources, header=header, decisions=decisions, instance_range=instance_range,
         timeline_range=timeline_range, kv_range=kv_range, queue_range=queue_range, freeness_range=freeness_range,
         time_range=time_range, count_range=count_range, migrate_out_span=out_span, migrate_in_span=in_span,
-        migrate_out_label=out_label, migrate_in_label=in_label, target_span=target_span, slo_spans=slo_spans,
+        freeness_figure=free, target_span=target_span, slo_spans=slo_spans,
     )
