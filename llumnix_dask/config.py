@@ -220,17 +220,37 @@ class TinyModelConfig:
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """Step latency of one engine instance, for the simulator and the sim backend.
+    """Step latency of one engine instance (LLaMA-7B fp16 on one A10), for the simulator and the sim backend.
 
-    Calibrated to the LLaMA-7B / A10 anchors of the paper (REFERENCE.md): prefill ~0.24 ms/token
-    (256 tokens ~58 ms, 8k ~2 s), decode step ~43-53 ms growing with batch size and batch tokens.
+    Every constant is derived from a stated fact (REFERENCE.md anchors; public A10 / LLaMA-7B figures:
+    600 GB/s memory bandwidth, 125 TFLOPs fp16 tensor peak, 13.5 GB of fp16 weights, 512 KiB of KV per token):
+
+    * Prefill is compute bound: ``prefill_base_ms + prefill_ms_per_token * tokens``. The two anchors (256
+      tokens ~58 ms, 8k tokens ~2.0 s) lie on a line through the origin: slope (2000 - 58) / (8192 - 256)
+      = 0.245 ms/token, intercept -4.6 ms ~ 0. So 0.24 ms/token and 0 ms; that is 44% of the tensor peak
+      (2 x 6.7e9 FLOP/token / 125 TFLOPs = 0.107 ms/token), a usual prefill efficiency.
+    * Decode is memory bound (roofline): one step reads the weights once and the KV of every token in the
+      batch. At the peak 600 GB/s that is 13.5e9 / 600e9 = 22.5 ms plus 524288 / 600e9 = 0.874 us per KV
+      token. The achieved fraction of the peak, eta, is calibrated to the top of the decode anchor: a step
+      over a full KV cache (960 blocks x 16 = 15,360 tokens, see SimConfig.blocks_per_instance) takes 53 ms,
+      so eta = (22.5 + 15360 x 0.000874) / 53 = 35.9 / 53 = 0.678. Hence ``decode_base_ms`` = 22.5 / 0.678
+      = 33.2 ms (batch of one short request) and ``decode_ms_per_kv_token`` = 0.000874 / 0.678 = 0.00129 ms.
+      The bottom of the anchor, 43 ms, is then a batch holding ~7.6k KV tokens (half the cache), i.e. the
+      anchor's range is the model's range between a half-full and a full instance.
+    * A step can not be faster than its compute: ``max(memory time, batch x prefill_ms_per_token)`` (the
+      decode GEMMs at the prefill's achieved FLOP rate); this binds only above ~140 sequences per batch.
+      ``decode_ms_per_seq`` is an extra per-sequence (CPU) cost on top; no stated fact pins it, so it is 0.
+
+    What the model predicts: batch 1 (a 256-token request) 33.5 ms; 16 requests x 512 tokens 43.8 ms; a full
+    cache 53 ms. A lightly loaded instance decodes ~1.6x faster than a full one, which is what the paper's
+    priority mechanism (small batches for high-priority requests) exploits.
     """
 
     prefill_base_ms: float = 0.0
     prefill_ms_per_token: float = 0.24
-    decode_base_ms: float = 40.0
-    decode_ms_per_seq: float = 0.2
-    decode_ms_per_kv_token: float = 0.0005
+    decode_base_ms: float = 33.2
+    decode_ms_per_seq: float = 0.0
+    decode_ms_per_kv_token: float = 0.00129
     # Migration cost model: per-block copy time of one stage, and the fixed handshake cost of a stage.
     # Anchor: a blocking copy of 8k tokens (512 blocks of 16) takes ~2-3.5 s -> ~5 ms per block.
     migration_ms_per_block: float = 5.0
@@ -249,13 +269,18 @@ class SimConfig:
     """The discrete-event simulator: N instances of the paper's setup."""
 
     num_instances: int = 16
-    blocks_per_instance: int = 1000
+    # KV blocks of 16 tokens per A10: REFERENCE.md puts the memory left for KV at ~7-8 GB; its midpoint,
+    # 7.5 GiB / 512 KiB per token = 15,360 tokens = 960 blocks.
+    blocks_per_instance: int = 960
     block_size: int = 16
     max_batch_size: int = 256
     max_batched_tokens: int = 8192
     latency: LatencyModel = field(default_factory=LatencyModel)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     migration: MigrationConfig = field(default_factory=MigrationConfig)
+    # vLLM admits a queued request only if its blocks fit while leaving this share of all blocks free (vLLM's
+    # default watermark, 1%): decode steps then rarely preempt right after an admission.
+    admission_watermark: float = 0.01
     # Lifetime of a newly added instance before it serves (scale-up cold start), seconds.
     instance_startup_s: float = 10.0
     seed: int = 0
@@ -269,6 +294,8 @@ class SimConfig:
                 _fail(self, name, f"must be an integer >= 1, got {value!r}")
         _check_positive(self, "instance_startup_s", allow_zero=True)
         _check_positive(self, "sample_interval_s")
+        if not 0.0 <= self.admission_watermark < 1.0:
+            _fail(self, "admission_watermark", f"must be in [0, 1), got {self.admission_watermark!r}")
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,16 @@ can run the real policies over many instances cheaply::
     (True, 'length')
 
 Scheduling follows the vLLM (v0) engine the paper built on: a step is either a *prefill* step that admits
-queued requests FCFS while blocks, batch slots and the prefill token budget allow (the first one is always
-allowed so a long prompt cannot starve), or a *decode* step that gives every running request one token.
-Before a decode step every request whose next token needs a new block gets one; when the blocks run out
-the most recently admitted running request is preempted by recompute: it frees all its blocks and goes
-back to the head of the queue; its re-prefill later recomputes prompt + generated tokens.
+queued requests in queue order while blocks (leaving ``watermark_blocks`` free, vLLM's admission watermark),
+batch slots and the prefill token budget allow (the first one is always allowed so a long prompt cannot
+starve), or a *decode* step that gives every running request one token. Before a decode step every request
+whose next token needs a new block gets one; when the blocks run out the most recently admitted running
+request is preempted by recompute: it frees all its blocks and goes back to the head of the queue; its
+re-prefill later recomputes prompt + generated tokens.
+
+With ``priority_scheduling`` (local scheduling by priority, paper section 4.4.2) the queue holds the
+high-priority requests ahead of the normal ones (FCFS within a class), and preemption takes the most
+recently admitted *normal* request before any high-priority one. Without it the queue is plain FCFS.
 
 Fake token ids are a function of (seed, position) - the request's sampling seed, or a hash of its id - so
 a migrated request produces exactly the ids it would have produced without moving.
@@ -31,46 +36,20 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 from llumnix_dask.config import LatencyModel
-from llumnix_dask.engine.base import MigrationState, StepOutput
+from llumnix_dask.engine.base import StepOutput
+from llumnix_dask.engine.sim_migration import SimMigrationMixin
+from llumnix_dask.engine.sim_seq import VOCAB, SimSeq
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad
-from llumnix_dask.request import Priority, Request, RequestStatus
+from llumnix_dask.request import Request, RequestStatus
 
-VOCAB = 32000
-
-
-class SimSeq:
-    """Per-request engine state; it travels with the request (``request.metadata["sim_seq"]``) on migration."""
-
-    __slots__ = ("request", "prompt_len", "max_tokens", "generated", "total", "block_ids", "capacity", "high",
-                 "active", "owner", "preempted_at", "preemption_loss_s", "token_seed", "admitted_at")
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.prompt_len = request.num_prompt_tokens
-        self.max_tokens = request.sampling.max_tokens
-        self.generated = 0
-        self.total = self.prompt_len  # prompt + generated tokens (kept in step with ``generated``)
-        self.block_ids: list[int] = []
-        self.capacity = 0  # tokens the blocks can hold
-        self.high = request.priority >= Priority.HIGH
-        self.active = False  # in the running batch of ``owner``
-        self.owner: object = None  # the engine whose batch it is in
-        self.preempted_at: float | None = None
-        self.preemption_loss_s = 0.0  # wait until re-prefill + recompute, summed over preemptions
-        seed = request.sampling.seed
-        self.token_seed = seed if seed is not None else zlib.crc32(request.request_id.encode())
-        self.admitted_at = 0.0
-
-    def token_id(self, position: int) -> int:
-        return (self.token_seed * 1_000_003 + position * 7_919) % VOCAB
+__all__ = ["VOCAB", "SimEngine", "SimSeq"]
 
 
-class SimEngine:
+class SimEngine(SimMigrationMixin):
     """Continuous-batching paged-KV engine over a latency model (see the module docstring).
 
     ``now`` is the engine's clock: model time advanced by :meth:`step` (or set by the simulator), or the
@@ -88,11 +67,17 @@ class SimEngine:
         realtime: bool = False,
         record_tokens: bool = True,
         clock: Callable[[], float] = time.time,
+        watermark_blocks: int = 0,
+        priority_scheduling: bool = False,
     ) -> None:
         for name, value in (("num_blocks", num_blocks), ("block_size", block_size),
                             ("max_batch_size", max_batch_size), ("max_batched_tokens", max_batched_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SimEngine.{name}: must be an integer >= 1, got {value!r}")
+        if not isinstance(watermark_blocks, int) or not 0 <= watermark_blocks < num_blocks:
+            raise ValueError(f"SimEngine.watermark_blocks: must be an integer in [0, num_blocks), got {watermark_blocks!r}")
+        self.watermark_blocks = watermark_blocks
+        self.priority_scheduling = priority_scheduling
         self.instance_id = instance_id
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -117,6 +102,7 @@ class SimEngine:
         self._paused: dict[str, tuple[SimSeq, list[int]]] = {}
         self._waiting_demand = 0
         self._num_high = 0
+        self._num_high_waiting = 0  # with priority_scheduling they are waiting[0 : _num_high_waiting]
         self._num_preempted_waiting = 0
         # The planned step: ("prefill" | "decode", seqs) or None.
         self._plan: tuple[str, list[SimSeq]] | None = None
@@ -124,28 +110,44 @@ class SimEngine:
         self._decode_base = ms.decode_base_ms / 1000.0
         self._per_seq = ms.decode_ms_per_seq / 1000.0
         self._per_kv = ms.decode_ms_per_kv_token / 1000.0
+        self._compute_per_seq = ms.prefill_ms_per_token / 1000.0  # decode can not beat its compute
 
     # -- helpers -----------------------------------------------------------------------------------
     def _demand(self, seq: SimSeq) -> int:
         return -(-seq.total // self.block_size)
 
     def _enqueue(self, seq: SimSeq, front: bool = False) -> None:
-        if front:
-            self._waiting.appendleft(seq)
-        elif self._waiting and self._waiting[-1].request.arrival_time > seq.request.arrival_time:
-            # A request moved here from another queue keeps its FCFS place by arrival time.
-            idx = len(self._waiting)
-            while idx > 0 and self._waiting[idx - 1].request.arrival_time > seq.request.arrival_time:
-                idx -= 1
-            self._waiting.insert(idx, seq)
+        """Queue ``seq``: at the head of its class if ``front`` (preempted), else in arrival order (a
+        request moved here from another queue keeps its FCFS place). With priority scheduling the
+        high-priority requests form the front of the queue."""
+        waiting = self._waiting
+        if self.priority_scheduling:
+            lo, hi = (0, self._num_high_waiting) if seq.high else (self._num_high_waiting, len(waiting))
         else:
-            self._waiting.append(seq)
+            lo, hi = 0, len(waiting)
+        if front:
+            idx = lo
+        else:
+            idx = hi
+            arrival = seq.request.arrival_time
+            while idx > lo and waiting[idx - 1].request.arrival_time > arrival:
+                idx -= 1
+        if idx == len(waiting):
+            waiting.append(seq)
+        elif idx == 0:
+            waiting.appendleft(seq)
+        else:
+            waiting.insert(idx, seq)
         self._waiting_demand += self._demand(seq)
+        if seq.high:
+            self._num_high_waiting += 1
         if seq.preempted_at is not None:
             self._num_preempted_waiting += 1
 
     def _dequeue(self, seq: SimSeq) -> None:
         self._waiting_demand -= self._demand(seq)
+        if seq.high:
+            self._num_high_waiting -= 1
         if seq.preempted_at is not None:
             self._num_preempted_waiting -= 1
 
@@ -168,10 +170,11 @@ class SimEngine:
                 seq = SimSeq(request)
                 request.metadata["sim_seq"] = seq
             need = -(-(seq.prompt_len + seq.max_tokens) // self.block_size)
-            if need > self.num_blocks:
+            if need > self.num_blocks - self.watermark_blocks:
                 raise ValueError(
                     f"request {request.request_id}: prompt + max_tokens = {seq.prompt_len + seq.max_tokens} tokens "
-                    f"need {need} blocks, more than this instance's {self.num_blocks}"
+                    f"need {need} blocks, more than this instance's {self.num_blocks} less its admission "
+                    f"watermark of {self.watermark_blocks}"
                 )
             if request.request_id in self._seqs:
                 raise ValueError(f"request {request.request_id}: already on instance {self.instance_id}")
@@ -235,14 +238,16 @@ class SimEngine:
     def _admit(self, now: float) -> list[SimSeq]:
         admitted: list[SimSeq] = []
         waiting, free, bs = self._waiting, self._free, self.block_size
+        room = len(free) - self.watermark_blocks
         budget = self.max_batched_tokens
         slots = self.max_batch_size - len(self._running)
         while waiting and slots > 0:
             seq = waiting[0]
             total = seq.total
             need = -(-total // bs)
-            if need > len(free) or (admitted and total > budget):
+            if need > room or (admitted and total > budget):
                 break
+            room -= need
             waiting.popleft()
             self._dequeue(seq)
             seq.block_ids = [free.pop() for _ in range(need)]
@@ -269,7 +274,9 @@ class SimEngine:
                 needy.append(s)
         preempted = False
         while len(needy) > len(free) and len(running) > 1:
-            victim = running[-1]  # the most recently admitted request
+            victim = running[-1]  # the most recently admitted request...
+            if self.priority_scheduling and victim.high:  # ...that is not high priority, if there is one
+                victim = next((s for s in reversed(running) if not s.high), victim)
             self._preempt(victim, now)
             preempted = True
             needy = [s for s in needy if s is not victim]
@@ -285,7 +292,9 @@ class SimEngine:
             kv_tokens = sum(s.total for s in batch)
         else:
             batch = list(running)
-        return self._decode_base + self._per_seq * len(batch) + self._per_kv * kv_tokens, batch
+        n = len(batch)
+        # Roofline: weights + KV reads at the achieved bandwidth, or the batch's compute if that is longer.
+        return max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n), batch
 
     def _preempt(self, seq: SimSeq, now: float) -> None:
         self._running.remove(seq)
@@ -385,101 +394,6 @@ class SimEngine:
         r = s.request
         return RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
                            preempted=s.preempted_at is not None, migrating=migrating)
-
-    # -- migration: source side --------------------------------------------------------------------
-    def _running_seq(self, request_id: str) -> SimSeq:
-        seq = self._seqs.get(request_id)
-        if seq is None or not (seq.active or request_id in self._paused):
-            raise KeyError(f"request {request_id} is not running on instance {self.instance_id}")
-        return seq
-
-    def request_blocks(self, request_id: str) -> list[int]:
-        with self._lock:
-            return list(self._running_seq(request_id).block_ids)
-
-    def num_kv_tokens(self, request_id: str) -> int:
-        with self._lock:
-            return self._running_seq(request_id).total - 1
-
-    def export_blocks(self, block_ids: Sequence[int]) -> Any:
-        """No tensors here: a small descriptor of what would be copied."""
-        return {"instance_id": self.instance_id, "num_blocks": len(block_ids), "block_ids": list(block_ids)}
-
-    def pause(self, request_id: str) -> MigrationState:
-        with self._lock:
-            seq = self._running_seq(request_id)
-            if not seq.active:
-                raise KeyError(f"request {request_id} is already paused on instance {self.instance_id}")
-            self._running.remove(seq)
-            seq.active = False
-            self._paused[request_id] = (seq, seq.block_ids)
-            seq.request.transition(RequestStatus.MIGRATING, self.now, f"paused on {self.instance_id}")
-            return MigrationState(seq.request, seq.total - 1, list(seq.block_ids), {"sim_seq": seq})
-
-    def resume(self, request_id: str) -> None:
-        with self._lock:
-            seq, blocks = self._paused.pop(request_id)
-            seq.block_ids, seq.capacity = blocks, len(blocks) * self.block_size
-            seq.active = True
-            self._running.append(seq)
-            seq.request.transition(RequestStatus.RUNNING, self.now, "migration failed, resumed")
-
-    def release(self, request_id: str) -> None:
-        with self._lock:
-            seq, blocks = self._paused.pop(request_id)
-            self._free.extend(blocks)
-            if seq.owner is self:  # not adopted elsewhere (yet): drop our view of the blocks too
-                seq.block_ids, seq.capacity = [], 0
-            self._forget(seq)
-
-    def take_waiting(self, request_id: str) -> Request:
-        with self._lock:
-            seq = self._seqs.get(request_id)
-            if seq is None or seq.active or request_id in self._paused:
-                raise KeyError(f"request {request_id} is not queued on instance {self.instance_id}")
-            self._waiting.remove(seq)
-            self._dequeue(seq)
-            self._forget(seq)
-            return seq.request
-
-    # -- migration: destination side ---------------------------------------------------------------
-    def reserve_blocks(self, n: int, watermark: int = 0) -> list[int] | None:
-        with self._lock:
-            if n < 0 or len(self._free) - n < watermark:
-                return None
-            return [self._free.pop() for _ in range(n)]
-
-    def import_blocks(self, block_ids: Sequence[int], buffer: Any) -> None:
-        if isinstance(buffer, dict) and buffer.get("num_blocks") != len(block_ids):
-            raise ValueError(f"import_blocks: buffer holds {buffer.get('num_blocks')} blocks, got {len(block_ids)} ids")
-
-    def free_blocks(self, block_ids: Sequence[int]) -> None:
-        with self._lock:
-            self._free.extend(block_ids)
-
-    def commit_migrated(self, state: MigrationState, block_ids: Sequence[int]) -> None:
-        with self._lock:
-            request = state.request
-            seq = state.extra.get("sim_seq") or request.metadata.get("sim_seq")
-            if not isinstance(seq, SimSeq):
-                seq = SimSeq(request)
-                seq.generated = request.num_output_tokens
-                seq.total = seq.prompt_len + seq.generated
-            request.metadata["sim_seq"] = seq
-            seq.block_ids = list(block_ids)
-            seq.capacity = len(block_ids) * self.block_size
-            if seq.capacity < seq.total - 1:
-                raise ValueError(f"commit_migrated: {len(block_ids)} blocks cannot hold {seq.total - 1} KV tokens")
-            seq.active = True
-            seq.owner = self
-            self._seqs[request.request_id] = seq
-            if seq.high:
-                self._num_high += 1
-            self._running.append(seq)
-            request.instance_id = self.instance_id
-            request.num_migrations += 1
-            request.transition(RequestStatus.RUNNING, self.now, f"migrated to {self.instance_id}")
-
 
 def _with_running_blocks(load: InstanceLoad, used: int) -> InstanceLoad:
     from dataclasses import replace

@@ -20,11 +20,15 @@ Policies (``PolicyConfig.dispatch``):
 * ``round_robin``: the instance that has received the fewest requests so far.
 * ``random``: uniformly at random (seeded by ``DispatchState.seed``).
 
-High-priority requests (``priorities_enabled``, llumnix/infaas only) go, after the busy filter, to the
-instance holding the *fewest high-priority requests*, ties broken by the highest freeness. Freeness
-already charges ``priority_headroom_blocks`` per high-priority request, so normal requests avoid the
-instances that hold high-priority ones; spreading high-priority requests one per instance keeps as many
-instances light as possible, which is what gives them small batches and fast decode.
+Priorities (``priorities_enabled``) act through freeness alone, as in the paper (section 4.4.2): every
+high-priority request adds ``priority_headroom_blocks`` of virtual usage to its instance, so that instance
+looks loaded, new normal requests go elsewhere and migration moves normal requests away - its batch stays
+small and its decode fast. A high-priority request itself goes to the freest instance like any other
+request (the headroom already steers it away from instances crowded with high-priority requests). An
+earlier version sent it to the instance with the fewest high-priority requests; that spread them one per
+instance, so at the paper's load every instance carried the same headroom and it told them apart no more.
+The engine side (high-priority requests ahead in the local queue, preempted last) is in
+:mod:`llumnix_dask.engine.sim`.
 
 A terminating instance never receives a request (its freeness is ``-inf``; it is also filtered out
 explicitly, so it is never chosen even when it is the only instance left).
@@ -105,10 +109,7 @@ def dispatch(
     not_busy = [s for s in scored if s[0] >= config.busy_freeness]
     pool = not_busy or scored
     high = config.priorities_enabled and request.priority >= Priority.HIGH
-    if high:
-        key = lambda s: (-s[1].num_high_priority, s[0])  # noqa: E731
-    else:
-        key = lambda s: s[0]  # noqa: E731
+    key = lambda s: s[0]  # noqa: E731
     # max() keeps the first of equal keys, so ties go to the first instance in the given order.
     best = max(pool, key=key)
     runner_up = None

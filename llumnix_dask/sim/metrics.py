@@ -4,7 +4,8 @@ Definitions (REFERENCE.md): prefill latency = time to first token including queu
 request's mean time per output token after the first; request latency = end to end; preemption loss =
 per preemption the wait until re-prefill plus the recompute time, summed and divided by the number of all
 requests; fragmentation = share of all KV blocks that are free on instances whose head-of-line queued
-request does not fit (sampled over time); cost = average number of instances (starting, serving and
+request does not fit (sampled over time); memory utilisation = used KV blocks / total per instance, sampled
+every ``SimConfig.sample_interval_s``; cost = average number of instances (starting, serving and
 draining ones all count).
 """
 
@@ -54,6 +55,9 @@ class SimResult:
     sim_time_s: float
     wall_time_s: float
     scaling_events: list = field(default_factory=list)
+    # Sampled memory state (see Simulator._on_sample): utilisation quantiles over (instance, sample) pairs,
+    # the share of samples with a queued request, and a coarse time series (mean / min / max per sample).
+    memory: dict = field(default_factory=dict)
 
     @property
     def overall(self) -> dict[str, Any]:
@@ -75,6 +79,7 @@ class SimResult:
             "sim_time_s": self.sim_time_s,
             "wall_time_s": self.wall_time_s,
             "scaling_events": self.scaling_events,
+            "memory": self.memory,
         }
 
     def save(self, out_dir: str | Path, name: str = "sim") -> dict[str, Path]:

@@ -72,13 +72,17 @@ class Simulator:
         self._instances_area = 0.0
         self._last_count_change = 0.0
         self._frag_samples: list[float] = []
+        self._util_samples: list[float] = []  # per (instance, sample): used blocks / total
+        self._queued_samples = 0  # (instance, sample) pairs with a queued request
+        self._series: list[tuple[float, float, float, float]] = []  # (time, mean, min, max) utilisation
         self.scaling_events: list[dict] = []
         self._bar = None
-        max_len = config.blocks_per_instance * config.block_size
+        max_len = (config.blocks_per_instance - int(config.admission_watermark * config.blocks_per_instance)) \
+            * config.block_size
         too_long = np.flatnonzero(trace.input_lens + trace.output_lens > max_len)
         if len(too_long):
             raise ValueError(f"trace: request {int(too_long[0])} needs more than an instance's {max_len} tokens "
-                             f"of KV cache (blocks_per_instance x block_size)")
+                             f"of KV cache (blocks_per_instance less the admission watermark, x block_size)")
 
     # -- event plumbing ----------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
@@ -109,6 +113,8 @@ class Simulator:
         return SimEngine(
             f"i{next(self._next_instance)}", cfg.blocks_per_instance, cfg.block_size, cfg.max_batch_size,
             cfg.max_batched_tokens, cfg.latency, realtime=False, record_tokens=False,
+            watermark_blocks=int(cfg.admission_watermark * cfg.blocks_per_instance),
+            priority_scheduling=self.policy.priorities_enabled,
         )
 
     def _maybe_remove(self, engine: SimEngine, now: float) -> None:
@@ -206,13 +212,19 @@ class Simulator:
     def _on_sample(self, now: float) -> None:
         fragmented = 0
         total = 0
+        utils = []
         for e in self.engines.values():
             total += e.num_blocks
+            utils.append(1.0 - len(e._free) / e.num_blocks)
             w = e._waiting
-            if w and -(-w[0].total // e.block_size) > len(e._free):
-                fragmented += len(e._free)
+            if w:
+                self._queued_samples += 1
+                if -(-w[0].total // e.block_size) > len(e._free):
+                    fragmented += len(e._free)
         if total:
             self._frag_samples.append(fragmented / total)
+            self._util_samples += utils
+            self._series.append((now, sum(utils) / len(utils), min(utils), max(utils)))
         if self._finished < len(self.trace):
             self._schedule_call(now + self.config.sample_interval_s, self._on_sample)
 
@@ -288,7 +300,21 @@ class Simulator:
             sim_time_s=end,
             wall_time_s=wall,
             scaling_events=self.scaling_events,
+            memory=self._memory_summary(),
         )
+
+    def _memory_summary(self) -> dict:
+        u = np.asarray(self._util_samples)
+        if not len(u):
+            return {}
+        q = np.percentile(u, [50, 90, 99])
+        step = max(1, len(self._series) // 200)  # keep the JSON small: ~200 points
+        return {
+            "util_mean": float(u.mean()), "util_p50": float(q[0]), "util_p90": float(q[1]), "util_p99": float(q[2]),
+            "share_over_90pct": float((u > 0.9).mean()),
+            "share_with_queue": self._queued_samples / len(u),
+            "series": [[round(x, 3) for x in p] for p in self._series[::step]],
+        }
 
 
 def _plain(d: dict) -> dict:

@@ -79,16 +79,22 @@ def test_terminating_never_receives():
         dispatch([], REQ, PolicyConfig(), DispatchState())
 
 
-def test_high_priority_goes_to_instance_with_fewest_high_priority_requests():
+def test_high_priority_goes_to_freest_instance_counting_headroom():
     hp = RequestLoad("h", 4, priority=Priority.HIGH)
     cfg = PolicyConfig(priority_headroom_blocks=100)
     # a holds one high-priority request: usage 100 + 100 headroom -> (1000-200)/2 = 400.
     a = inst("a", 1000, 100, 2, num_high_priority=1)
     # b holds none but is more loaded: (1000 - 700) / 6 = 50.
     b = inst("b", 1000, 700, 6)
-    assert dispatch([a, b], hp, cfg, DispatchState()).instance_id == "b"
-    # A normal request goes to the freest one (a), whose freeness includes the headroom.
+    # Both classes go to the freest instance; a's freeness already charges the headroom.
+    d = dispatch([a, b], hp, cfg, DispatchState())
+    assert d.instance_id == "a" and d.reason["high_priority"] is True
     assert dispatch([a, b], REQ, cfg, DispatchState()).instance_id == "a"
-    # Priorities off: the high-priority request is dispatched like any other.
+    # The headroom decides: with a large one, a looks fuller than b and both requests go to b.
+    big = PolicyConfig(priority_headroom_blocks=800)  # a: (1000 - 900) / 2 = 50 vs b 50 -> tie, c is freer
+    c = inst("c", 1000, 600, 4)  # (1000 - 600) / 4 = 100
+    assert dispatch([a, b, c], hp, big, DispatchState()).instance_id == "c"
+    assert dispatch([a, b, c], REQ, big, DispatchState()).instance_id == "c"
+    # Priorities off: no headroom, the high-priority request is dispatched like any other.
     off = PolicyConfig(priorities_enabled=False)
     assert dispatch([a, b], hp, off, DispatchState()).instance_id == "a"

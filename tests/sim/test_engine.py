@@ -169,3 +169,53 @@ def test_realtime_engine_stamps_wall_clock_times():
     # Every token is stamped with the wall clock, after the request was added, in order.
     assert r.num_output_tokens == 3 and start <= r.token_times[0] <= r.token_times[1] <= r.token_times[2]
     assert eng.last_step_time_s == pytest.approx(0.001)
+
+
+def test_priority_scheduling_puts_high_priority_ahead_in_the_queue():
+    def admitted_order(priority_scheduling):
+        eng = SimEngine("i0", num_blocks=64, max_batch_size=1, priority_scheduling=priority_scheduling)
+        eng.add_request(req("n1", 16, 1, t=0.0))
+        eng.add_request(req("n2", 16, 1, t=1.0))
+        eng.add_request(req("h1", 16, 1, t=2.0, priority=Priority.HIGH))
+        eng.add_request(req("h0", 16, 1, t=1.5, priority=Priority.HIGH))
+        return [o.request_id for o in run_to_end(eng)]
+
+    assert admitted_order(True) == ["h0", "h1", "n1", "n2"]  # FCFS within each class
+    assert admitted_order(False) == ["n1", "n2", "h0", "h1"]  # plain FCFS by arrival
+
+
+def test_preemption_takes_a_normal_request_before_a_high_priority_one():
+    # 4 blocks of 16: both requests start with 2 blocks (17 tokens) and both need a 3rd on the next step.
+    for prio, victim in ((True, "n"), (False, "h")):
+        eng = SimEngine("i0", num_blocks=4, block_size=16, priority_scheduling=prio)
+        eng.add_request(req("n", 17, 40, t=0.0))
+        eng.step()  # prefill n
+        eng.add_request(req("h", 17, 40, t=1.0, priority=Priority.HIGH))
+        eng.step()  # prefill h: it is the most recently admitted one
+        for _ in range(16):  # decode until both need a 3rd block
+            eng.step()
+        assert eng.num_preemptions == 1
+        assert eng.get_request(victim).num_preemptions == 1
+
+
+def test_admission_leaves_the_watermark_free():
+    eng = SimEngine("i0", num_blocks=10, block_size=16, watermark_blocks=2)
+    eng.add_request(req("a", 16 * 7, 5))  # 7 blocks: 10 - 7 >= 2, admitted
+    eng.add_request(req("b", 16 * 2, 5))  # 2 more would leave 1 < 2 free: waits
+    eng.step()
+    assert eng.load().num_running == 1 and eng.load().num_waiting == 1
+    with pytest.raises(ValueError, match="watermark"):
+        eng.add_request(req("c", 16 * 9, 1))  # could never be admitted
+
+
+def test_decode_step_is_a_roofline_of_weights_and_kv_reads():
+    lat = LatencyModel()
+    eng = SimEngine("i0", num_blocks=1000, latency=lat)
+    eng.add_request(req("a", 255, 3))
+    eng.step()
+    eng.step()
+    # batch of one 256-token request: weights + 256 tokens of KV at the achieved bandwidth
+    assert eng.last_step_time_s == pytest.approx((lat.decode_base_ms + 256 * lat.decode_ms_per_kv_token) / 1000)
+    assert 0.030 < eng.last_step_time_s < 0.036
+    # a full cache of 15,360 tokens is the top of the 43-53 ms anchor
+    assert 52 < lat.decode_base_ms + 15_360 * lat.decode_ms_per_kv_token < 54

@@ -1,0 +1,37 @@
+"""Per-request state of the simulated engine (:class:`SimSeq`); it travels with a request on migration."""
+
+from __future__ import annotations
+
+import zlib
+
+from llumnix_dask.request import Priority, Request
+
+VOCAB = 32000
+
+
+class SimSeq:
+    """Per-request engine state; it travels with the request (``request.metadata["sim_seq"]``) on migration."""
+
+    __slots__ = ("request", "prompt_len", "max_tokens", "generated", "total", "block_ids", "capacity", "high",
+                 "active", "owner", "preempted_at", "preemption_loss_s", "token_seed", "admitted_at")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.prompt_len = request.num_prompt_tokens
+        self.max_tokens = request.sampling.max_tokens
+        self.generated = 0
+        self.total = self.prompt_len  # prompt + generated tokens (kept in step with ``generated``)
+        self.block_ids: list[int] = []
+        self.capacity = 0  # tokens the blocks can hold
+        self.high = request.priority >= Priority.HIGH
+        self.active = False  # in the running batch of ``owner``
+        self.owner: object = None  # the engine whose batch it is in
+        self.preempted_at: float | None = None
+        self.preemption_loss_s = 0.0  # wait until re-prefill + recompute, summed over preemptions
+        seed = request.sampling.seed
+        self.token_seed = seed if seed is not None else zlib.crc32(request.request_id.encode())
+        self.admitted_at = 0.0
+
+    def token_id(self, position: int) -> int:
+        return (self.token_seed * 1_000_003 + position * 7_919) % VOCAB
+
