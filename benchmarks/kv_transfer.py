@@ -95,12 +95,16 @@ async def dask_wire(dst, nbytes, dask_worker):
 
     # Like a live stage: messages of min_chunk_bytes, each made of max_gather_bytes pieces (one frame each).
     chunk, piece = CONFIG.min_chunk_bytes, CONFIG.max_gather_bytes
-    messages = [[torch.ones(min(piece, nbytes - j), dtype=torch.uint8) for j in range(i, min(i + chunk, nbytes), piece)]
+    messages = [[torch.randint(0, 256, (min(piece, nbytes - j),), dtype=torch.uint8) for j in range(i, min(i + chunk, nbytes), piece)]
                 for i in range(0, nbytes, chunk)]
     remote = dask_worker.rpc(dst)
     start = time.perf_counter()
-    for pieces in messages:
-        await remote.bench_sink(buffers=[encode_buffer(p) for p in pieces])
+    in_flight: set = set()
+    for pieces in messages:  # two messages on the wire at once, as in a migration stage
+        if len(in_flight) >= 2:
+            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        in_flight.add(asyncio.ensure_future(remote.bench_sink(buffers=[encode_buffer(p) for p in pieces])))
+    await asyncio.gather(*in_flight)
     return time.perf_counter() - start
 
 

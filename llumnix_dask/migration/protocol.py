@@ -373,6 +373,7 @@ async def send_stage(
         return [await asyncio.to_thread(engine.export_blocks, message[i : i + piece]) for i in range(0, len(message), piece)]
 
     pending: asyncio.Future | None = asyncio.ensure_future(gather(messages[0])) if messages else None
+    in_flight: set[asyncio.Future] = set()
     total = 0
     try:
         if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
@@ -384,9 +385,22 @@ async def send_stage(
                 raise MigrationAborted(f"export-failed:{type(exc).__name__}") from exc
             pending = asyncio.ensure_future(gather(messages[k + 1])) if k + 1 < len(messages) else None
             counts = [min(piece, len(message) - i) for i in range(0, len(message), piece)]
-            await _call(config, "send", dst.send_blocks(mid, start + k * per_message, counts, buffers))
+            while len(in_flight) >= _MESSAGES_IN_FLIGHT:
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for d in done:
+                    d.result()  # a failed send aborts the stage
+            send = dst.send_blocks(mid, start + k * per_message, counts, buffers)
+            in_flight.add(asyncio.ensure_future(_call(config, "send", send)))
             total += sum(_nbytes(b) for b in buffers)
+        for d in asyncio.as_completed(list(in_flight)):
+            await d
+        in_flight = set()
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
+        for f in [pending, *in_flight]:
+            if f is not None and not f.done():
+                f.cancel()
     return total
+
+
+# Messages of one stage on the wire at once: the destination scatters one while the next arrives.
+_MESSAGES_IN_FLIGHT = 2
