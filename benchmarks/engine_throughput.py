@@ -2,7 +2,7 @@
 
 Builds a ~50M-parameter random-weight Llama checkpoint with make-tiny-model in a temp dir, then for batch
 sizes 1, 8 and 32 measures prefill tokens/s (prompt tokens / time to the first token of every request)
-and decode tokens/s (generated tokens after the first / their time), for:
+and decode tokens/s (batch / median time of a decode step), for:
 
 * nano: the embedded engine (paged KV, continuous batching, one batched forward per step);
 * hf: ``transformers`` ``LlamaForCausalLM.generate`` (greedy, static batch, its own KV cache);
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,11 +62,19 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(3, vocab, (batch, length), generator=g).tolist()
 
 
-def _rates(batch: int, prompt_len: int, new_tokens: int, t_prefill: float, t_decode: float) -> dict:
+def _rates(batch: int, prompt_len: int, t_start: float, token_times: list[float]) -> dict:
+    """Rates from the wall time at which each generation step finished.
+
+    Prefill = start to the first token of every request. Decode uses the *median* step time, which a
+    noisy neighbour on a shared CPU disturbs far less than the mean.
+    """
+    steps = [b - a for a, b in zip(token_times, token_times[1:])]
+    median = statistics.median(steps)
     return {
-        "prefill_tok_s": batch * prompt_len / t_prefill,
-        "decode_tok_s": batch * (new_tokens - 1) / max(t_decode, 1e-9),
-        "decode_step_ms": t_decode / (new_tokens - 1) * 1e3,
+        "prefill_tok_s": batch * prompt_len / (token_times[0] - t_start),
+        "decode_tok_s": batch / median,
+        "decode_step_ms": median * 1e3,
+        "decode_mean_step_ms": statistics.fmean(steps) * 1e3,
     }
 
 
@@ -90,19 +99,20 @@ class NanoRunner:
         ]
         for r in reqs:
             engine.add_request(r)
+        times = []
         t0 = time.perf_counter()
         while any(r.num_output_tokens == 0 for r in reqs):  # prefill (one step unless chunked)
             engine.step()
-        t1 = time.perf_counter()
+        times.append(time.perf_counter())
         while engine.has_work():
             engine.step()
-        t2 = time.perf_counter()
+            times.append(time.perf_counter())
         assert all(r.num_output_tokens == new_tokens for r in reqs)
-        return _rates(batch, prompt_len, new_tokens, t1 - t0, t2 - t1)
+        return _rates(batch, prompt_len, t0, times)
 
 
 class HFRunner:
-    """transformers ``generate``: prefill time = generate(1 token); decode = generate(n) - generate(1)."""
+    """transformers ``generate``, greedy; a stopping criterion that never stops timestamps every step."""
 
     name = "hf"
 
@@ -111,23 +121,30 @@ class HFRunner:
 
         self.model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         self.vocab = vocab
-        self._generate(torch.tensor(prompts(1, 8, vocab, 0)), 2)  # warm-up
+        self._generate(torch.tensor(prompts(1, 8, vocab, 0)), 3)  # warm-up
 
-    def _generate(self, ids: torch.Tensor, n: int) -> float:
-        t = time.perf_counter()
+    def _generate(self, ids: torch.Tensor, n: int) -> tuple[float, list[float]]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        times: list[float] = []
+
+        class Timestamps(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                times.append(time.perf_counter())
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+        t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, pad_token_id=0,
+                do_sample=False, pad_token_id=0, stopping_criteria=StoppingCriteriaList([Timestamps()]),
             )
-        assert out.shape[1] == ids.shape[1] + n
-        return time.perf_counter() - t
+        assert out.shape[1] == ids.shape[1] + n and len(times) == n
+        return t0, times
 
     def run(self, batch: int, prompt_len: int, new_tokens: int) -> dict:
-        ids = torch.tensor(prompts(batch, prompt_len, self.vocab, batch))
-        t_first = self._generate(ids, 1)
-        t_all = self._generate(ids, new_tokens)
-        return _rates(batch, prompt_len, new_tokens, t_first, t_all - t_first)
+        t0, times = self._generate(torch.tensor(prompts(batch, prompt_len, self.vocab, batch)), new_tokens)
+        return _rates(batch, prompt_len, t0, times)
 
 
 class VLLMRunner:
@@ -152,7 +169,8 @@ class VLLMRunner:
         ps = [TokensPrompt(prompt_token_ids=p) for p in prompts(batch, prompt_len, self.vocab, batch)]
         t_first = self._generate(ps, 1)
         t_all = self._generate(ps, new_tokens)
-        return _rates(batch, prompt_len, new_tokens, t_first, t_all - t_first)
+        step = (t_all - t_first) / (new_tokens - 1)  # no per-step hook: mean step
+        return _rates(batch, prompt_len, 0.0, [t_first + i * step for i in range(new_tokens)])
 
 
 def vllm_available() -> bool:
