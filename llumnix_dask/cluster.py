@@ -71,7 +71,7 @@ class Cluster:
         from distributed import Client, LocalCluster
 
         from llumnix_dask.scheduler.plugin import GlobalSchedulerPlugin
-        from llumnix_dask.workers.plugin import InstanceWorkerPlugin
+        from llumnix_dask.workers.plugin import InstanceWorkerPlugin, gpu_count_without_cuda_init
 
         if not isinstance(n_instances, int) or n_instances < 1:
             raise ValueError(f"n_instances: must be an integer >= 1, got {n_instances!r}")
@@ -108,6 +108,11 @@ class Cluster:
                         self.engine_config,
                         migration,
                         load_report_interval_s=load_report_interval_s,
+                        # Local workers share this machine's GPUs; remote ones count their own.
+                        gpu_count=(
+                            None if address is not None
+                            else gpu_count_without_cuda_init() if self.engine_config.device != "cpu" else 0
+                        ),
                         engine_factory=engine_factory,
                     )
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -92,7 +93,7 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.get("/llumnix/snapshot", dependencies=[Depends(check_key)])
     async def snapshot() -> JSONResponse:
         snap = await asyncio.to_thread(cluster.snapshot)
-        return JSONResponse(json.loads(json.dumps(snap, default=str).replace("Infinity", "null")))
+        return JSONResponse(_json_safe(snap))
 
     def check_model(name: str | None) -> None:
         if name not in (None, "", config.model_name):
@@ -226,6 +227,19 @@ async def _sse(cluster: Any, prompt: Any, sampling: Any, body: Any, chunk_json: 
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: non-finite floats (the freeness of a draining instance is -inf) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
 
 
 def _safe_snapshot(cluster: Any) -> dict | None:

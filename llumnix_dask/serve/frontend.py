@@ -260,9 +260,8 @@ class Frontend:
         try:
             if handle.address:
                 await self.server.rpc(handle.address).llumnix_abort(request_id=handle.request_id)
-            if len(handle.instances) > 1 or not handle.instances:
-                # It may have migrated since: the scheduler knows where it lives now.
-                await self.scheduler.llumnix_abort(request_id=handle.request_id)
+            # It may have migrated since (even before its first token there): the scheduler knows where.
+            await self.scheduler.llumnix_abort(request_id=handle.request_id)
         except Exception as exc:  # the instance may be gone; nothing left to stop
             logger.debug("abort of %s failed: %s", handle.request_id, exc)
 

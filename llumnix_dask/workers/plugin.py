@@ -53,6 +53,29 @@ def instance_id_for(worker: Any) -> str:
     return f"instance-{name.split('://', 1)[-1]}"
 
 
+def gpu_count_without_cuda_init() -> int:
+    """GPUs on this machine, counted through NVML / nvidia-smi: initialising CUDA here would freeze
+    CUDA_VISIBLE_DEVICES before the worker is pinned."""
+    try:
+        import torch
+
+        n = torch.cuda._device_count_nvml()  # NVML only, no CUDA context
+        if n >= 0:
+            return n
+    except Exception:
+        pass
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except Exception:
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
 def pin_gpu(worker_name: Any, gpu_count: int | None) -> str | None:
     """One instance per GPU: set CUDA_VISIBLE_DEVICES for this worker process (before CUDA starts).
 
@@ -63,12 +86,7 @@ def pin_gpu(worker_name: Any, gpu_count: int | None) -> str | None:
     if current is not None and "," not in current:
         return current or None
     if gpu_count is None:
-        try:
-            import torch
-
-            gpu_count = torch.cuda.device_count()
-        except Exception:
-            gpu_count = 0
+        gpu_count = gpu_count_without_cuda_init()
     if not gpu_count:
         return None
     devices = current.split(",") if current else [str(i) for i in range(gpu_count)]
