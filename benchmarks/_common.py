@@ -46,8 +46,40 @@ def metrics_row(result) -> dict:
         "preemption_loss": o["preemption_loss_s"], "preemptions": o["preemptions"],
         "fragmentation_pct": 100 * result.fragmentation, "avg_instances": result.average_instances,
         "migrations": result.migrations["committed"] + result.migrations["queued_moves"],
+        "mem_util_mean": result.memory.get("util_mean"), "mem_util_p99": result.memory.get("util_p99"),
+        "queued_share": result.memory.get("share_with_queue"),
         "wall_s": result.wall_time_s,
     }
+
+
+def seed_list(base: int, count: int) -> list[int]:
+    """The seeds of a multi-seed run: base, base+1, ..., base+count-1."""
+    if count < 1:
+        raise ValueError(f"--seeds: must be >= 1, got {count}")
+    return list(range(base, base + count))
+
+
+def mean_over_seeds(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Average the numeric fields of rows that agree on ``keys`` (one row per seed), in first-seen order.
+
+    Each averaged row gets ``seeds`` (how many were averaged) and, for every numeric field f,
+    ``f + "_seeds"`` with the per-seed values (so the spread stays visible in the JSON)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for group in groups.values():
+        avg = dict(group[0])
+        for f, v in group[0].items():
+            if f in keys or f == "seed" or isinstance(v, bool) or not isinstance(v, (int, float)) or v is None:
+                continue
+            vals = [g.get(f) for g in group]
+            finite = [x for x in vals if isinstance(x, (int, float)) and not math.isnan(x)]
+            avg[f] = sum(finite) / len(finite) if finite else None
+            avg[f + "_seeds"] = vals
+        avg["seeds"] = len(group)
+        out.append(avg)
+    return out
 
 
 def save(name: str, payload: dict) -> Path:

@@ -1,13 +1,14 @@
 """Auto-scaling: L-L, Gamma rate 2 CV 4, 1-16 instances starting with 8. Llumnix vs INFaaS++ with the same
 scaling policy, over the paper's thresholds x in {5, 25, 45, 65, 85}, y = x + 50.
 
-    python benchmarks/scaling_sim.py [--requests 10000] [--thresholds 5,25,45,65,85]
+    python benchmarks/scaling_sim.py [--requests 10000] [--seeds 3] [--thresholds 5,25,45,65,85]
 
 Each run gives (average instances, P99 prefill). Target (issue 2): at similar P99 prefill Llumnix uses
 >= 15% fewer instances than INFaaS++ (paper: 16-18% lower cost, up to 36%). "Similar" is read off the cost /
 latency curves: for each Llumnix point, INFaaS++'s instance count at the same P99 prefill is interpolated on
 its curve (P99 on a log scale) when the Llumnix P99 lies inside INFaaS++'s range. Same-threshold pairs are
-shown too. Writes benchmarks/results/scaling_sim.json.
+shown too. With ``--seeds N`` every run goes over N traces and each curve point is the mean over seeds (both
+coordinates); the per-seed values are in the JSON. Writes benchmarks/results/scaling_sim.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import metrics_row, print_rows, save  # noqa: E402
+from _common import mean_over_seeds, metrics_row, print_rows, save, seed_list  # noqa: E402
 
 from llumnix_dask.config import PolicyConfig, SimConfig  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
@@ -52,22 +53,30 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--cv", type=float, default=4.0)
     ap.add_argument("--thresholds", default="5,25,45,65,85")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (traces); curve points are means")
     args = ap.parse_args()
-    trace = generate_trace("L-L", args.requests, args.rate, "gamma", args.cv, seed=args.seed)
-    rows = []
-    for x in (float(v) for v in args.thresholds.split(",")):
-        for policy in ("infaas", "llumnix"):
-            pol = replace(PolicyConfig(dispatch=policy), scaling_enabled=True, scale_up_freeness=x,
-                          scale_down_freeness=x + 50, min_instances=1, max_instances=16)
-            res = simulate(SimConfig(num_instances=8, policy=pol), trace)
-            actions = [e["action"] for e in res.scaling_events]
-            rows.append({"policy": policy, "x": x, "y": x + 50, **metrics_row(res),
-                         "scale_ups": actions.count("up"), "scale_downs": actions.count("down")})
-            print(f"{policy} x={x:g}: {rows[-1]['avg_instances']:.2f} instances, P99 prefill "
-                  f"{rows[-1]['prefill_p99']:.3f} s, wall {res.wall_time_s:.1f} s", flush=True)
-    print()
+    seed_rows = []
+    for seed in seed_list(args.seed, args.seeds):
+        trace = generate_trace("L-L", args.requests, args.rate, "gamma", args.cv, seed=seed)
+        for x in (float(v) for v in args.thresholds.split(",")):
+            for policy in ("infaas", "llumnix"):
+                pol = replace(PolicyConfig(dispatch=policy), scaling_enabled=True, scale_up_freeness=x,
+                              scale_down_freeness=x + 50, min_instances=1, max_instances=16)
+                res = simulate(SimConfig(num_instances=8, policy=pol), trace)
+                actions = [e["action"] for e in res.scaling_events]
+                seed_rows.append({"policy": policy, "x": x, "y": x + 50, "seed": seed, **metrics_row(res),
+                                  "scale_ups": actions.count("up"), "scale_downs": actions.count("down")})
+                r = seed_rows[-1]
+                print(f"seed {seed} {policy} x={x:g}: {r['avg_instances']:.2f} instances, P99 prefill "
+                      f"{r['prefill_p99']:.3f} s, wall {res.wall_time_s:.1f} s", flush=True)
+    rows = mean_over_seeds(seed_rows, ("policy", "x"))
+    print(f"\n== mean over {args.seeds} seed(s)")
     print_rows(rows, COLUMNS)
+    print("\n== cost / latency curves (average instances vs P99 prefill, by P99)")
+    for policy in ("infaas", "llumnix"):
+        pts = sorted((r["prefill_p99"], r["avg_instances"], r["x"]) for r in rows if r["policy"] == policy)
+        print(f"  {policy:8s} " + "  ".join(f"x={x:g}: {n:.2f} inst @ {p:.2f} s" for p, n, x in pts))
     infaas_curve = [(r["prefill_p99"], r["avg_instances"]) for r in rows if r["policy"] == "infaas"]
     comparisons = []
     for r in rows:
@@ -95,7 +104,7 @@ def main() -> None:
     print(f"\nbest saving at similar P99 prefill: {'-' if best is None else f'{best:.1f}%'} (target >= 15%) -> "
           f"{'MET' if met else 'MISSED'}")
     save("scaling_sim", {"args": vars(args), "rows": rows, "comparisons": comparisons, "best_saving_pct": best,
-                         "met": met})
+                         "met": met, "per_seed_rows": seed_rows})
 
 
 if __name__ == "__main__":

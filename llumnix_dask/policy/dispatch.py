@@ -20,15 +20,17 @@ Policies (``PolicyConfig.dispatch``):
 * ``round_robin``: the instance that has received the fewest requests so far.
 * ``random``: uniformly at random (seeded by ``DispatchState.seed``).
 
-Priorities (``priorities_enabled``) act through freeness alone, as in the paper (section 4.4.2): every
+Priorities (``priorities_enabled``) act through freeness, as in the paper (section 4.4.2): every
 high-priority request adds ``priority_headroom_blocks`` of virtual usage to its instance, so that instance
 looks loaded, new normal requests go elsewhere and migration moves normal requests away - its batch stays
-small and its decode fast. A high-priority request itself goes to the freest instance like any other
-request (the headroom already steers it away from instances crowded with high-priority requests). An
-earlier version sent it to the instance with the fewest high-priority requests; that spread them one per
-instance, so at the paper's load every instance carried the same headroom and it told them apart no more.
-The engine side (high-priority requests ahead in the local queue, preempted last) is in
-:mod:`llumnix_dask.engine.sim`.
+small and its decode fast. The headroom is there to repel the *other* requests, so a high-priority request
+itself is dispatched by the freeness of the real load (headroom left out): it goes to the instance whose
+batch is lightest, which is typically one already kept light for high-priority requests. Two earlier
+designs were weaker: sending it to the instance with the fewest high-priority requests spread them one per
+instance, so at the paper's load every instance carried the same headroom and it told them apart no more;
+dispatching it by the freeness *with* headroom does the same (the headroom of the high-priority requests
+already there pushes the new one to an instance full of normal requests). The engine side (high-priority
+requests ahead in the local queue, preempted last) is in :mod:`llumnix_dask.engine.sim`.
 
 A terminating instance never receives a request (its freeness is ``-inf``; it is also filtered out
 explicitly, so it is never chosen even when it is the only instance left).
@@ -37,7 +39,7 @@ explicitly, so it is never chosen even when it is the only instance left).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from llumnix_dask.config import PolicyConfig
@@ -105,10 +107,14 @@ def dispatch(
         return DispatchDecision(chosen.instance_id, {"policy": policy, "candidates": len(candidates)})
 
     # llumnix / infaas: freeness with the busy filter.
-    scored = [(freeness(x, config), x) for x in candidates]
+    high = config.priorities_enabled and request.priority >= Priority.HIGH
+    # The headroom is fake usage that keeps *normal* requests away from the instances holding high-priority
+    # ones; a high-priority request itself wants the instance whose real batch is lightest, so it sees
+    # freeness without the headroom (see the module docstring).
+    view = replace(config, priorities_enabled=False) if high else config
+    scored = [(freeness(x, view), x) for x in candidates]
     not_busy = [s for s in scored if s[0] >= config.busy_freeness]
     pool = not_busy or scored
-    high = config.priorities_enabled and request.priority >= Priority.HIGH
     key = lambda s: s[0]  # noqa: E731
     # max() keeps the first of equal keys, so ties go to the first instance in the given order.
     best = max(pool, key=key)

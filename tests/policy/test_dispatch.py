@@ -79,22 +79,21 @@ def test_terminating_never_receives():
         dispatch([], REQ, PolicyConfig(), DispatchState())
 
 
-def test_high_priority_goes_to_freest_instance_counting_headroom():
+def test_high_priority_goes_to_the_lightest_real_load_and_normal_requests_see_the_headroom():
     hp = RequestLoad("h", 4, priority=Priority.HIGH)
-    cfg = PolicyConfig(priority_headroom_blocks=100)
-    # a holds one high-priority request: usage 100 + 100 headroom -> (1000-200)/2 = 400.
+    cfg = PolicyConfig(priority_headroom_blocks=400)
+    # a holds one high-priority request. Real load (1000 - 100) / 2 = 450; with the headroom (1000 - 500) / 2 = 250.
     a = inst("a", 1000, 100, 2, num_high_priority=1)
-    # b holds none but is more loaded: (1000 - 700) / 6 = 50.
-    b = inst("b", 1000, 700, 6)
-    # Both classes go to the freest instance; a's freeness already charges the headroom.
-    d = dispatch([a, b], hp, cfg, DispatchState())
-    assert d.instance_id == "a" and d.reason["high_priority"] is True
-    assert dispatch([a, b], REQ, cfg, DispatchState()).instance_id == "a"
-    # The headroom decides: with a large one, a looks fuller than b and both requests go to b.
-    big = PolicyConfig(priority_headroom_blocks=800)  # a: (1000 - 900) / 2 = 50 vs b 50 -> tie, c is freer
-    c = inst("c", 1000, 600, 4)  # (1000 - 600) / 4 = 100
-    assert dispatch([a, b, c], hp, big, DispatchState()).instance_id == "c"
-    assert dispatch([a, b, c], REQ, big, DispatchState()).instance_id == "c"
-    # Priorities off: no headroom, the high-priority request is dispatched like any other.
+    # c holds only normal requests: (1000 - 300) / 2 = 350.
+    c = inst("c", 1000, 300, 2)
+    # The normal request avoids the instance kept light for high priority; the high-priority one joins it.
+    assert dispatch([a, c], REQ, cfg, DispatchState()).instance_id == "c"
+    d = dispatch([a, c], hp, cfg, DispatchState())
+    assert d.instance_id == "a" and d.reason["high_priority"] is True and d.reason["freeness"] == 450
+    # A high-priority request still goes where the real batch is lightest: b is heavily loaded.
+    b = inst("b", 1000, 700, 6)  # (1000 - 700) / 6 = 50
+    assert dispatch([b, c], hp, cfg, DispatchState()).instance_id == "c"
+    # Priorities off: no headroom, both go to the freest instance, a.
     off = PolicyConfig(priorities_enabled=False)
-    assert dispatch([a, b], hp, off, DispatchState()).instance_id == "a"
+    assert dispatch([a, c], hp, off, DispatchState()).instance_id == "a"
+    assert dispatch([a, c], REQ, off, DispatchState()).instance_id == "a"
