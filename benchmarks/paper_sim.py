@@ -52,6 +52,8 @@ def run_point(trace_name: str, rate: float, requests: int, seed: int, png_dir: P
         res = simulate(SimConfig(num_instances=16, policy=PolicyConfig(dispatch=policy)), trace)
         results[policy] = res
         rows.append({"trace": trace_name, "rate": rate, "policy": policy, "seed": seed, **metrics_row(res)})
+        # Cluster memory utilisation over time, [time, mean, min, max] over instances (every ~1/200 of the run).
+        rows[-1]["mem_series"] = res.memory.get("series")
         print(f"  seed {seed} {policy}: prefill P99 {rows[-1]['prefill_p99']:.3f} s, mean memory use "
               f"{rows[-1]['mem_util_mean']:.2f}, wall {res.wall_time_s:.1f} s", flush=True)
     if png_dir is not None:

@@ -55,15 +55,21 @@ def main() -> None:
     ap.add_argument("--thresholds", default="5,25,45,65,85")
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--seeds", type=int, default=3, help="number of seeds (traces); curve points are means")
+    ap.add_argument("--patience", type=float, default=None,
+                    help="sensitivity study only: override PolicyConfig.scaling_patience_s (default 30 s)")
+    ap.add_argument("--startup", type=float, default=None,
+                    help="sensitivity study only: override SimConfig.instance_startup_s (default 10 s)")
     args = ap.parse_args()
+    base_policy = PolicyConfig() if args.patience is None else PolicyConfig(scaling_patience_s=args.patience)
+    sim_extra = {} if args.startup is None else {"instance_startup_s": args.startup}
     seed_rows = []
     for seed in seed_list(args.seed, args.seeds):
         trace = generate_trace("L-L", args.requests, args.rate, "gamma", args.cv, seed=seed)
         for x in (float(v) for v in args.thresholds.split(",")):
             for policy in ("infaas", "llumnix"):
-                pol = replace(PolicyConfig(dispatch=policy), scaling_enabled=True, scale_up_freeness=x,
+                pol = replace(base_policy, dispatch=policy, scaling_enabled=True, scale_up_freeness=x,
                               scale_down_freeness=x + 50, min_instances=1, max_instances=16)
-                res = simulate(SimConfig(num_instances=8, policy=pol), trace)
+                res = simulate(SimConfig(num_instances=8, policy=pol, **sim_extra), trace)
                 actions = [e["action"] for e in res.scaling_events]
                 seed_rows.append({"policy": policy, "x": x, "y": x + 50, "seed": seed, **metrics_row(res),
                                   "scale_ups": actions.count("up"), "scale_downs": actions.count("down")})
@@ -103,7 +109,9 @@ def main() -> None:
     met = best is not None and best >= 15
     print(f"\nbest saving at similar P99 prefill: {'-' if best is None else f'{best:.1f}%'} (target >= 15%) -> "
           f"{'MET' if met else 'MISSED'}")
-    save("scaling_sim", {"args": vars(args), "rows": rows, "comparisons": comparisons, "best_saving_pct": best,
+    name = "scaling_sim" if args.patience is None and args.startup is None else (
+        f"scaling_sim_patience{base_policy.scaling_patience_s:g}_startup{SimConfig(**sim_extra).instance_startup_s:g}")
+    save(name, {"args": vars(args), "rows": rows, "comparisons": comparisons, "best_saving_pct": best,
                          "met": met, "per_seed_rows": seed_rows})
 
 

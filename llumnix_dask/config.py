@@ -281,7 +281,9 @@ class SimConfig:
     # vLLM admits a queued request only if its blocks fit while leaving this share of all blocks free (vLLM's
     # default watermark, 1%): decode steps then rarely preempt right after an admission.
     admission_watermark: float = 0.01
-    # Lifetime of a newly added instance before it serves (scale-up cold start), seconds.
+    # Lifetime of a newly added instance before it serves (scale-up cold start), seconds. REFERENCE.md gives
+    # no figure; 10 s is an assumption: reading 13.5 GB of fp16 weights takes ~7 s at ~2 GB/s (a local NVMe
+    # SSD) plus a few seconds of engine start. benchmarks/scaling_sim.py --startup shows the sensitivity.
     instance_startup_s: float = 10.0
     seed: int = 0
     # Simulated seconds between samples of the cluster state (fragmentation).

@@ -9,6 +9,14 @@ tick::
     >>> scaling_decision(full, cfg, now=0.0, state=ScalingState()).action
     'up'
 
+The cluster's average freeness is the *request-weighted* mean of the instances' freeness, i.e. the
+cluster's free (virtual) blocks per request: sum(M - sum V) / sum(B) over the non-terminating instances
+(:func:`cluster_freeness`). Freeness is a per-request quantity, so this is its natural average; the plain
+mean of per-instance ratios is not usable here because an empty instance (B clamped to 1) counts with
+freeness M: one starting or idle instance of 960 blocks lifts the mean of nine instances by ~100 blocks,
+which pushed a cluster drowning in queued requests above y and drained an instance right after every
+scale-up (up/down oscillation under bursts).
+
 * average freeness (over non-terminating instances) below ``scale_up_freeness`` (x) for at least
   ``scaling_patience_s``, and fewer than ``max_instances`` -> ``"up"``;
 * above ``scale_down_freeness`` (y) for that long, more than ``min_instances`` and no drain already under
@@ -23,11 +31,12 @@ scale-ups in a row. After an action the patience clock restarts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from llumnix_dask.config import PolicyConfig
-from llumnix_dask.policy.load import InstanceLoad, average_freeness, freeness
+from llumnix_dask.policy.load import InstanceLoad, freeness, virtual_usage
 
 
 @dataclass(frozen=True)
@@ -47,13 +56,24 @@ class ScalingState:
     since: float | None = None
 
 
+def cluster_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> float:
+    """Free virtual blocks per request over the non-terminating instances (``inf`` when they hold no request;
+    ``-inf`` when none is left)."""
+    active = [x for x in loads if not x.terminating]
+    if not active:
+        return math.inf
+    free = sum(x.total_blocks - virtual_usage(x, config) for x in active)
+    requests = sum(x.num_requests for x in active)
+    return free / requests if requests else math.inf
+
+
 def scaling_decision(
     loads: Sequence[InstanceLoad], config: PolicyConfig, now: float, state: ScalingState
 ) -> ScalingDecision:
     """Decide whether to add an instance, drain one, or do nothing."""
     active = [x for x in loads if not x.terminating]
     draining = len(loads) - len(active)
-    avg = average_freeness(active, config)
+    avg = cluster_freeness(active, config)
     reason = {
         "average_freeness": avg,
         "band": [config.scale_up_freeness, config.scale_down_freeness],

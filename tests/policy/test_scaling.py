@@ -1,6 +1,6 @@
 from llumnix_dask.config import PolicyConfig
 from llumnix_dask.policy.load import InstanceLoad
-from llumnix_dask.policy.scaling import ScalingState, scaling_decision
+from llumnix_dask.policy.scaling import ScalingState, cluster_freeness, scaling_decision
 
 
 def inst(iid, total, running_blocks, n, **kw):
@@ -58,3 +58,15 @@ def test_no_scale_down_at_min_or_while_draining():
 def test_disabled_scaling_never_acts():
     loads = [inst("a", 100, 99, 5)]
     assert scaling_decision(loads, PolicyConfig(scaling_patience_s=0), 0.0, ScalingState()).action == "none"
+
+
+def test_average_is_request_weighted_so_an_empty_instance_does_not_trigger_a_drain():
+    # Two full instances with 10 requests each and one just started (empty): the plain mean of the per-instance
+    # freeness would be (0 + 0 + 100) / 3 = 33 > y = 30; free blocks per request over the cluster are 100 / 20 = 5.
+    loads = [inst("a", 100, 100, 10), inst("b", 100, 100, 10), InstanceLoad("new", 100, 0)]
+    cfg = PolicyConfig(scaling_enabled=True, scale_up_freeness=10, scale_down_freeness=30, scaling_patience_s=0,
+                       max_instances=4)
+    d = scaling_decision(loads, cfg, 0.0, ScalingState())
+    assert d.action == "up" and d.reason["average_freeness"] == 5.0
+    assert cluster_freeness(loads, cfg) == 5.0
+    assert cluster_freeness([InstanceLoad("idle", 100, 0)], cfg) == float("inf")
