@@ -110,3 +110,22 @@ def test_simulation_is_deterministic():
 def test_rejects_requests_larger_than_an_instance():
     with pytest.raises(ValueError, match="KV cache"):
         Simulator(SimConfig(blocks_per_instance=10), generate_trace("L-L", 50, 1.0))
+
+
+def test_memory_utilisation_is_sampled_and_grows_with_load():
+    light = simulate(small_config(dispatch="infaas"), small_trace(n=200, rate=2.0))
+    heavy = simulate(small_config(dispatch="infaas"), small_trace(n=200, rate=60.0))
+    for res in (light, heavy):
+        m = res.memory
+        assert 0.0 <= m["util_mean"] <= m["util_p99"] <= 1.0 and 0.0 <= m["share_with_queue"] <= 1.0
+        assert all(0.0 <= lo <= mean <= hi <= 1.0 for _, mean, lo, hi in m["series"])
+    assert heavy.memory["util_mean"] > light.memory["util_mean"]
+    assert heavy.memory["share_with_queue"] > light.memory["share_with_queue"]
+    assert "memory" in heavy.to_dict()
+
+
+def test_high_priority_requests_are_served_ahead_in_the_local_queue():
+    trace = small_trace(n=400, rate=60.0, seed=5, hp=0.2)
+    on = simulate(small_config(dispatch="llumnix"), trace).by_priority()
+    off = simulate(small_config(dispatch="llumnix", priorities_enabled=False), trace).by_priority()
+    assert on["high"]["prefill"]["mean"] < off["high"]["prefill"]["mean"]
