@@ -10,8 +10,9 @@ tick::
     'up'
 
 The cluster's average freeness is the *request-weighted* mean of the instances' freeness, i.e. the
-cluster's free (virtual) blocks per request: sum(M - sum V) / sum(B) over the non-terminating instances
-(:func:`cluster_freeness`). Freeness is a per-request quantity, so this is its natural average; the plain
+cluster's free (virtual) blocks per request: sum(M - sum V) / sum(B) over the non-terminating instances,
+with B at least 1 per instance as in :func:`~llumnix_dask.policy.load.freeness` (so an idle cluster has
+the freeness of an idle instance, M) (:func:`cluster_freeness`). Freeness is a per-request quantity, so this is its natural average; the plain
 mean of per-instance ratios is not usable here because an empty instance (B clamped to 1) counts with
 freeness M: one starting or idle instance of 960 blocks lifts the mean of nine instances by ~100 blocks,
 which pushed a cluster drowning in queued requests above y and drained an instance right after every
@@ -57,14 +58,13 @@ class ScalingState:
 
 
 def cluster_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> float:
-    """Free virtual blocks per request over the non-terminating instances (``inf`` when they hold no request;
-    ``-inf`` when none is left)."""
+    """Free virtual blocks per request over the non-terminating instances, each counting at least one request
+    (``inf`` when none is left)."""
     active = [x for x in loads if not x.terminating]
     if not active:
         return math.inf
     free = sum(x.total_blocks - virtual_usage(x, config) for x in active)
-    requests = sum(x.num_requests for x in active)
-    return free / requests if requests else math.inf
+    return free / sum(max(1, x.num_requests) for x in active)
 
 
 def scaling_decision(

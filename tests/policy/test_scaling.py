@@ -1,3 +1,5 @@
+import pytest
+
 from llumnix_dask.config import PolicyConfig
 from llumnix_dask.policy.load import InstanceLoad
 from llumnix_dask.policy.scaling import ScalingState, cluster_freeness, scaling_decision
@@ -61,12 +63,12 @@ def test_disabled_scaling_never_acts():
 
 
 def test_average_is_request_weighted_so_an_empty_instance_does_not_trigger_a_drain():
-    # Two full instances with 10 requests each and one just started (empty): the plain mean of the per-instance
-    # freeness would be (0 + 0 + 100) / 3 = 33 > y = 30; free blocks per request over the cluster are 100 / 20 = 5.
+    # Two full instances with 10 requests each and one just started (empty, counted as 1 request): the plain mean
+    # of the per-instance freeness would be (0 + 0 + 100) / 3 = 33 > y = 30; over the cluster it is 100 / 21.
     loads = [inst("a", 100, 100, 10), inst("b", 100, 100, 10), InstanceLoad("new", 100, 0)]
     cfg = PolicyConfig(scaling_enabled=True, scale_up_freeness=10, scale_down_freeness=30, scaling_patience_s=0,
                        max_instances=4)
     d = scaling_decision(loads, cfg, 0.0, ScalingState())
-    assert d.action == "up" and d.reason["average_freeness"] == 5.0
-    assert cluster_freeness(loads, cfg) == 5.0
-    assert cluster_freeness([InstanceLoad("idle", 100, 0)], cfg) == float("inf")
+    assert d.action == "up" and d.reason["average_freeness"] == pytest.approx(100 / 21)
+    # An idle cluster has the freeness of an idle instance.
+    assert cluster_freeness([InstanceLoad("a", 100, 0), InstanceLoad("b", 100, 0)], cfg) == 100.0
