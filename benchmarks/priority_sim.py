@@ -101,7 +101,8 @@ def main() -> None:
           f"decode mean {summary['high_decode_mean_speedup']:.3f}x; "
           f"normal mean latency penalty {summary['normal_e2e_mean_penalty_pct']:+.2f}% (target <= 5%) -> "
           f"{'MET' if met else 'MISSED'}")
-    name = "priority_sim" if latency == LatencyModel() else "priority_sim_sensitivity"
+    default = latency == LatencyModel() and args.headroom == PolicyConfig().priority_headroom_blocks
+    name = "priority_sim" if default else f"priority_sim_sensitivity_headroom{args.headroom}"
     for p in per_seed:
         print(f"  seed {p['seed']}: high mean latency {p['high_e2e_mean_speedup']:.3f}x, "
               f"normal penalty {p['normal_e2e_mean_penalty_pct']:+.2f}%")
