@@ -110,7 +110,7 @@ async def dask_wire(dst, nbytes, dask_worker):
 
 async def staging(dst, num_blocks, rep, dask_worker):
     from llumnix_dask.migration import DaskEndpoint
-    from llumnix_dask.migration.protocol import send_stage
+    from llumnix_dask.migration.staging import send_stage
 
     endpoint = DaskEndpoint(dst, dask_worker.rpc)
     mid = f"bench-{rep}"

@@ -3,8 +3,11 @@
 * :func:`migrate_out` - the source's multi-stage state machine (``protocol.py``)
 * :class:`MigrationDestination` - the destination's sessions, pre-allocations and expiry (``destination.py``)
 * endpoints the source talks through: :class:`InProcessEndpoint`, :class:`DaskEndpoint`
-  (+ :func:`register_migration_handlers` on the destination worker) and ``nccl.NcclEndpoint`` (GPU)
-* ``kernels`` - gather / scatter of KV blocks to and from a contiguous staging buffer
+  (+ :func:`register_migration_handlers` on the destination worker) and :class:`NcclEndpoint`
+  (+ :class:`NcclPeers` on every GPU worker)
+* ``staging`` - one stage on the wire (gather pieces, messages, in-flight window)
+* ``kernels`` - gather / scatter of KV blocks to and from a contiguous staging buffer (torch / Triton)
+* ``harness`` - an engine in a step-loop thread with token streams, for tests and benchmarks
 """
 
 from llumnix_dask.migration.destination import MigrationDestination, UnknownMigration
@@ -15,6 +18,7 @@ from llumnix_dask.migration.protocol import (
     migrate_out,
     new_migration_id,
 )
+from llumnix_dask.migration.nccl import NcclEndpoint, NcclPeers
 from llumnix_dask.migration.transport import (
     DaskEndpoint,
     InProcessEndpoint,
@@ -32,6 +36,8 @@ __all__ = [
     "InProcessEndpoint",
     "MigrationDestination",
     "MigrationResult",
+    "NcclEndpoint",
+    "NcclPeers",
     "StageRecord",
     "UnknownMigration",
     "migrate_out",

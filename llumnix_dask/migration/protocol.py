@@ -31,12 +31,12 @@ import asyncio
 import math
 import time
 import uuid
-import weakref
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 from llumnix_dask.config import MigrationConfig
 from llumnix_dask.engine.base import EngineBackend, MigrationState
+from llumnix_dask.migration.staging import MigrationAborted, Refused, call_destination, send_stage
 from llumnix_dask.request import Request, RequestStatus
 
 T = TypeVar("T")
@@ -117,14 +117,6 @@ class MigrationResult:
         return asdict(self)
 
 
-class MigrationAborted(Exception):
-    """Internal: ends the state machine with outcome ``aborted:<reason>``."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def new_migration_id() -> str:
     return f"mig-{uuid.uuid4().hex[:12]}"
 
@@ -156,7 +148,7 @@ async def migrate_out(
             await _migrate_running(engine, request, dst, config, result)
         result.outcome = COMMITTED
         result.ok = True
-    except _Refused:
+    except Refused:
         result.outcome = REFUSED
     except MigrationAborted as exc:
         result.outcome = f"aborted:{exc.reason}"
@@ -164,22 +156,6 @@ async def migrate_out(
         result.outcome = f"aborted:error:{type(exc).__name__}: {exc}"
     result.total_s = time.perf_counter() - started
     return result
-
-
-class _Refused(Exception):
-    pass
-
-
-async def _call(config: MigrationConfig, what: str, awaitable: Awaitable[T]) -> T:
-    """Await a destination call; a silent or failing destination becomes an abort reason."""
-    try:
-        return await asyncio.wait_for(awaitable, config.stage_timeout_s)
-    except asyncio.TimeoutError:
-        raise MigrationAborted("dst-timeout") from None
-    except MigrationAborted:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any transport / remote error means the destination failed
-        raise MigrationAborted(f"dst-error:{what}:{type(exc).__name__}") from exc
 
 
 async def _tell_abort(dst: DestinationEndpoint, mid: str, reason: str, config: MigrationConfig) -> None:
@@ -200,7 +176,7 @@ async def _migrate_queued(
     request.num_migrations += 1  # counted on the copy that travels
     failure: MigrationAborted | None = None
     try:
-        accepted = await _call(config, "enqueue", dst.enqueue(mid, request))
+        accepted = await call_destination(config, "enqueue", dst.enqueue(mid, request))
     except MigrationAborted as exc:
         accepted, failure = False, exc
     if not accepted:
@@ -211,7 +187,7 @@ async def _migrate_queued(
         if failure is not None:
             await _tell_abort(dst, mid, failure.reason, config)
             raise failure
-        raise _Refused()
+        raise Refused()
 
 
 async def _on(fn: Callable[..., T], *args: Any) -> T:
@@ -283,7 +259,7 @@ async def _migrate_running(
             reserved = True
             if request.status is not RequestStatus.MIGRATING:
                 raise MigrationAborted("aborted")  # aborted by the client while paused
-            await _call(config, "commit", dst.commit(mid, state))
+            await call_destination(config, "commit", dst.commit(mid, state))
             result.downtime_s = time.perf_counter() - pause_start
             result.num_kv_tokens = state.num_kv_tokens
             result.resume_index = state.request.num_output_tokens
@@ -302,105 +278,9 @@ async def _migrate_running(
                 await _on(engine.resume, rid)
             except (KeyError, ValueError, RuntimeError):
                 pass  # finished or aborted while paused: nothing to resume
-        if reserved or not isinstance(exc, _Refused):
-            reason = exc.reason if isinstance(exc, MigrationAborted) else f"{REFUSED if isinstance(exc, _Refused) else 'error'}"
+        if reserved or not isinstance(exc, Refused):
+            reason = exc.reason if isinstance(exc, MigrationAborted) else f"{REFUSED if isinstance(exc, Refused) else 'error'}"
             await _tell_abort(dst, mid, reason, config)
         raise
 
 
-def chunk_blocks(block_nbytes: int, config: MigrationConfig) -> int:
-    """Blocks per transport message: the fewest that reach ``min_chunk_bytes`` (per-message cost amortised)."""
-    return max(1, math.ceil(config.min_chunk_bytes / max(block_nbytes, 1)))
-
-
-def gather_blocks(block_nbytes: int, config: MigrationConfig) -> int:
-    """Blocks per gather from the source's cache: at most ``max_gather_bytes`` (the engine's lock is held)."""
-    return max(1, config.max_gather_bytes // max(block_nbytes, 1))
-
-
-def _nbytes(buffer: Any) -> int:
-    return int(buffer.numel() * buffer.element_size()) if hasattr(buffer, "element_size") else len(buffer)
-
-
-def block_nbytes(engine: EngineBackend) -> int:
-    """Bytes of one KV block of ``engine`` (its ``block_nbytes`` attribute, else measured once)."""
-    value = getattr(engine, "block_nbytes", None)
-    if isinstance(value, int) and value > 0:
-        return value
-    try:
-        cached = _BLOCK_NBYTES.get(engine)
-    except TypeError:  # not weak-referenceable: measure every time (one block, cheap)
-        return _nbytes(engine.export_blocks([0]))
-    if cached is None:
-        cached = _BLOCK_NBYTES[engine] = _nbytes(engine.export_blocks([0]))
-    return cached
-
-
-_BLOCK_NBYTES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
-
-
-async def send_stage(
-    engine: EngineBackend,
-    dst: DestinationEndpoint,
-    mid: str,
-    rid: str,
-    ids: Sequence[int],
-    start: int,
-    config: MigrationConfig,
-    *,
-    first_stage: bool,
-    paused: bool = False,
-) -> int:
-    """One stage: reserve ``len(ids)`` blocks on the destination, gather ``ids`` and send them into the
-    reserved blocks ``start, start+1, ...`` of migration ``mid``; returns the bytes sent.
-
-    While the request decodes (live stage) blocks are gathered in small pieces, so each gather delays
-    a decode step of the source by little; pieces travel several to a message of >= ``min_chunk_bytes``.
-    Paused, the few remaining blocks are gathered at once (fewest lock round trips = least downtime).
-    The handshake overlaps the first gather and the next message is gathered while one is on the wire.
-    Raises ``_Refused`` (first stage) or ``MigrationAborted`` when the destination has no room.
-    """
-    if ids:
-        per_block = await asyncio.to_thread(block_nbytes, engine)
-        piece = len(ids) if paused else min(len(ids), gather_blocks(per_block, config))
-        per_message = piece * math.ceil(chunk_blocks(per_block, config) / piece)
-    else:
-        piece = per_message = 1
-    messages = [list(ids[i : i + per_message]) for i in range(0, len(ids), per_message)]
-
-    async def gather(message: list[int]) -> list[Any]:
-        # Sequential gathers, each its own engine-lock round trip, interleaved with the decode steps.
-        return [await asyncio.to_thread(engine.export_blocks, message[i : i + piece]) for i in range(0, len(message), piece)]
-
-    pending: asyncio.Future | None = asyncio.ensure_future(gather(messages[0])) if messages else None
-    in_flight: set[asyncio.Future] = set()
-    total = 0
-    try:
-        if not await _call(config, "reserve", dst.reserve(mid, rid, len(ids))):
-            raise _Refused() if first_stage else MigrationAborted("dst-out-of-blocks")
-        for k, message in enumerate(messages):
-            try:
-                buffers = await pending
-            except Exception as exc:  # noqa: BLE001
-                raise MigrationAborted(f"export-failed:{type(exc).__name__}") from exc
-            pending = asyncio.ensure_future(gather(messages[k + 1])) if k + 1 < len(messages) else None
-            counts = [min(piece, len(message) - i) for i in range(0, len(message), piece)]
-            while len(in_flight) >= _MESSAGES_IN_FLIGHT:
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for d in done:
-                    d.result()  # a failed send aborts the stage
-            send = dst.send_blocks(mid, start + k * per_message, counts, buffers)
-            in_flight.add(asyncio.ensure_future(_call(config, "send", send)))
-            total += sum(_nbytes(b) for b in buffers)
-        for d in asyncio.as_completed(list(in_flight)):
-            await d
-        in_flight = set()
-    finally:
-        for f in [pending, *in_flight]:
-            if f is not None and not f.done():
-                f.cancel()
-    return total
-
-
-# Messages of one stage on the wire at once: the destination scatters one while the next arrives.
-_MESSAGES_IN_FLIGHT = 2
