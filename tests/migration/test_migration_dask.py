@@ -53,7 +53,7 @@ def test_migration_between_two_dask_workers_is_bit_identical(reference):
                       dashboard_address=None) as cluster, Client(cluster) as client:
         a, b = sorted(client.scheduler_info()["workers"])
         client.run(start_instance)
-        greedy, seeded = make_request(40, max_tokens=200), make_request(41, seeded=True, max_tokens=200)
+        greedy, seeded = make_request(40, max_tokens=150), make_request(41, seeded=True, max_tokens=150)
         for r in (greedy, seeded):
             client.run(add_request, r, workers=[a])
         results = []
