@@ -35,6 +35,9 @@ class ForwardBatch:
     pf_block_tables: torch.Tensor | None  # [P, max_blocks]
     pf_mask: torch.Tensor | None  # [P, 1, Qmax, max_blocks * block_size] bool
     logits_index: torch.Tensor  # [S] which tokens' hidden states become logits
+    # Every prefill chunk starts at position 0: attention needs no cache gather and no mask, only causality
+    # (right padding sits after every real query, so causality alone hides it).
+    pf_fresh: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -126,5 +129,6 @@ def build_forward_batch(
         pf_valid=dev(pf_valid),
         pf_block_tables=dev(pf_bt),
         pf_mask=dev(pf_mask),
+        pf_fresh=bool(prefill) and all(c.start == 0 for c in prefill),
         logits_index=torch.tensor(logits_index, dtype=torch.long, device=device),
     )

@@ -71,7 +71,7 @@ class NanoLlama:
         dec_mask = pf_mask = None
         if batch.dec_mask is not None:
             dec_mask = self._additive(batch.dec_mask)
-        if batch.pf_mask is not None:
+        if batch.pf_mask is not None and not batch.pf_fresh:
             P, _, Q, K = batch.pf_mask.shape
             # Query heads of one KV head are stacked along the query axis: repeat the mask per head.
             pf_mask = self._additive(batch.pf_mask[:, :, None].expand(P, 1, G, Q, K).reshape(P, 1, G * Q, K))
@@ -92,7 +92,15 @@ class NanoLlama:
                 qd = q[:D].reshape(D, KVH, G, Dh)
                 od = F.scaled_dot_product_attention(qd, kg, vg, attn_mask=dec_mask)
                 parts.append(od.reshape(D, H * Dh))
-            if pf_mask is not None:
+            if batch.pf_fresh:
+                # Fresh prompts attend only to themselves: use this step's K/V directly, causal, no mask.
+                P, Q = batch.pf_token_index.shape
+                idx = batch.pf_token_index
+                op = F.scaled_dot_product_attention(
+                    q[idx].transpose(1, 2), k[idx].transpose(1, 2), v[idx].transpose(1, 2), is_causal=True, enable_gqa=True
+                )
+                parts.append(op.transpose(1, 2).reshape(P, Q, H * Dh)[batch.pf_valid])
+            elif pf_mask is not None:
                 P, Q = batch.pf_token_index.shape
                 kg, vg = self._gather(cache, li, batch.pf_block_tables)
                 qp = q[batch.pf_token_index].view(P, Q, KVH, G, Dh).permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Q, Dh)
