@@ -85,7 +85,7 @@ async def migrate(request_id, dst_address, config, dask_worker):
     runner = bench["runner"]
     n_before = len(runner.step_times)
     start = time.perf_counter()
-    result = await migrate_out(bench["engine"], request_id, DaskEndpoint(dst_address, dask_worker.rpc), config)
+    result = await migrate_out(runner.migration_engine, request_id, DaskEndpoint(dst_address, dask_worker.rpc), config)
     # The live stages: the request decodes on the source while its blocks are copied.
     live_end = start + sum(st.seconds for st in result.stages if not st.paused)
     steps = runner.step_times

@@ -133,15 +133,19 @@ class MigrationDestination:
             self._log(s, migration_id, request_id, "reserved", len(ids))
             return True
 
-    def receive_blocks(self, migration_id: str, start: int, counts: Sequence[int], buffers: Sequence[Any]) -> None:
+    def receive_blocks(
+        self, migration_id: str, start: int | None, counts: Sequence[int], buffers: Sequence[Any]
+    ) -> None:
         """Scatter ``export_blocks`` buffers (``counts[i]`` blocks each, in order) into this migration's
-        pre-allocated blocks ``start, start+1, ...``."""
+        pre-allocated blocks ``start, start+1, ...`` (``start=None``: the last ones reserved)."""
         counts = [int(c) for c in counts]
         if len(counts) != len(buffers) or any(c < 1 for c in counts):
             raise ValueError(f"migration {migration_id}: {len(buffers)} buffers for block counts {counts}")
         total = sum(counts)
         with self._lock:
             s = self._session(migration_id)
+            if start is None:
+                start = len(s.block_ids) - total
             if start < 0 or start + total > len(s.block_ids):
                 raise ValueError(
                     f"migration {migration_id}: blocks {start}..{start + total - 1} were not reserved "
@@ -167,8 +171,20 @@ class MigrationDestination:
         if s.dropped:
             raise UnknownMigration(f"migration {migration_id!r} was aborted during the copy")
 
-    def commit(self, migration_id: str, state: MigrationState) -> None:
-        """Adopt the request with every block received; it decodes on from the next engine step."""
+    def commit(
+        self, migration_id: str, state: MigrationState, counts: Sequence[int] = (), buffers: Sequence[Any] = ()
+    ) -> bool:
+        """Adopt the request with every block received; it decodes on from the next engine step.
+
+        ``counts`` / ``buffers``: the last blocks, reserved and scattered first (the source's paused stage
+        in one message). False if there is no room for them (the request is not adopted).
+        """
+        tail = sum(int(c) for c in counts)
+        if tail or migration_id not in self._sessions:
+            if not self.reserve(migration_id, state.request.request_id, tail):
+                return False
+            if tail:
+                self.receive_blocks(migration_id, None, counts, buffers)
         with self._lock:
             s = self._session(migration_id)
             needed = -(-state.num_kv_tokens // self.engine.block_size)
@@ -181,6 +197,7 @@ class MigrationDestination:
             del self._sessions[migration_id]
             self._remember(migration_id, state.request.request_id)
             self._log(s, migration_id, s.request_id, "committed", needed)
+        return True
 
     def abort(self, migration_id: str, reason: str = "") -> bool:
         """Free this migration's pre-allocation; if it was committed (ack lost), drop the request. False if unknown."""

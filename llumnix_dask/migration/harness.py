@@ -87,6 +87,11 @@ class EngineRunner:
         self.engine = engine
         self.streams = streams if streams is not None else TokenStreams()
         self._cond = threading.Condition()
+        # Held over a step and the recording of its tokens, and by pause() of ``migration_engine``: a
+        # request cannot leave between producing a token and that token being recorded, so a stream
+        # never shows the destination's next token before the source's last one.
+        self._step_lock = threading.Lock()
+        self._migration_engine = _RecordedPause(engine, self._step_lock)
         self._stop = False
         self._paused = False
         self.error: BaseException | None = None
@@ -94,6 +99,12 @@ class EngineRunner:
         self._on_step = on_step
         self._thread = threading.Thread(target=self._loop, name=f"engine-{engine.instance_id}", daemon=True)
         self._thread.start()
+
+    @property
+    def migration_engine(self) -> EngineBackend:
+        """The engine as a migration source should see it: ``pause`` waits until the tokens of the step
+        in flight are recorded."""
+        return self._migration_engine  # type: ignore[return-value]
 
     # -- control ---------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -129,14 +140,28 @@ class EngineRunner:
                 if self._stop:
                     return
             start = time.perf_counter()
-            try:
-                outs = self.engine.step()
-            except BaseException as exc:  # noqa: BLE001 - surfaced by TokenStreams.wait_for
-                self.error = exc
-                self.streams.fail(exc)
-                return
-            seconds = time.perf_counter() - start
-            self.step_times.append((start, seconds, len(outs)))
-            self.streams.record(self.engine.instance_id, outs)
+            with self._step_lock:
+                try:
+                    outs = self.engine.step()
+                except BaseException as exc:  # noqa: BLE001 - surfaced by TokenStreams.wait_for
+                    self.error = exc
+                    self.streams.fail(exc)
+                    return
+                seconds = time.perf_counter() - start
+                self.step_times.append((start, seconds, len(outs)))
+                self.streams.record(self.engine.instance_id, outs)
             if self._on_step is not None:
                 self._on_step(start, outs)
+
+
+class _RecordedPause:
+    def __init__(self, engine: EngineBackend, step_lock: threading.Lock):
+        self._engine = engine
+        self._step_lock = step_lock
+
+    def pause(self, request_id: str):
+        with self._step_lock:
+            return self._engine.pause(request_id)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)

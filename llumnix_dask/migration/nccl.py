@@ -129,7 +129,7 @@ class NcclPeers:
             await asyncio.to_thread(old.close)
 
     async def _handle_blocks(
-        self, src: str, migration_id: str, start: int, counts: list[int], metas: list[dict]
+        self, src: str, migration_id: str, start: int | None, counts: list[int], metas: list[dict]
     ) -> None:
         link = self._in.get(src)
         if link is None:
@@ -143,7 +143,7 @@ class NcclPeers:
         await asyncio.to_thread(destination.receive_blocks, migration_id, start, counts, buffers)
 
     async def send(
-        self, peer: str, migration_id: str, start: int, counts: list[int], buffers: list[torch.Tensor]
+        self, peer: str, migration_id: str, start: int | None, counts: list[int], buffers: list[torch.Tensor]
     ) -> None:
         link = await self.outgoing(peer)
         buffers = [b.contiguous() if b.device == self.device else b.to(self.device).contiguous() for b in buffers]
@@ -182,7 +182,7 @@ class NcclEndpoint(DaskEndpoint):
         super().__init__(address, peers.worker.rpc, name)
         self.peers = peers
 
-    async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
+    async def send_blocks(self, migration_id: str, start: int | None, counts: list[int], buffers: list[Any]) -> None:
         if not all(isinstance(b, torch.Tensor) and b.is_cuda for b in buffers):
             await super().send_blocks(migration_id, start, counts, buffers)  # a CPU engine: plain comm
             return
@@ -190,8 +190,16 @@ class NcclEndpoint(DaskEndpoint):
         async with lock:
             await self.peers.send(self.address, migration_id, start, counts, buffers)
 
-    async def commit(self, migration_id: str, state: MigrationState) -> None:
-        await super().commit(migration_id, state)
+    async def commit(
+        self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
+    ) -> bool:
+        if buffers and all(isinstance(b, torch.Tensor) and b.is_cuda for b in buffers):
+            # GPU tail: reserve and move it over NCCL first, then a plain commit.
+            if not await self.reserve(migration_id, state.request.request_id, sum(counts)):
+                return False
+            await self.send_blocks(migration_id, None, counts, buffers)  # None: the blocks just reserved
+            return await super().commit(migration_id, state)
+        return await super().commit(migration_id, state, counts, buffers)
 
     async def enqueue(self, migration_id: str, request: Request) -> bool:
         return await super().enqueue(migration_id, request)

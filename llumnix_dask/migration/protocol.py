@@ -36,7 +36,15 @@ from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 from llumnix_dask.config import MigrationConfig
 from llumnix_dask.engine.base import EngineBackend, MigrationState
-from llumnix_dask.migration.staging import MigrationAborted, Refused, call_destination, send_stage
+from llumnix_dask.migration.staging import (
+    MigrationAborted,
+    Refused,
+    _nbytes,
+    block_nbytes_async,
+    blocks_per_message,
+    call_destination,
+    send_stage,
+)
 from llumnix_dask.request import Request, RequestStatus
 
 T = TypeVar("T")
@@ -62,8 +70,14 @@ class DestinationEndpoint(Protocol):
         """Deliver ``export_blocks`` buffers, of ``counts[i]`` blocks each, into the reserved blocks
         ``start, start+1, ...`` (in order, one message)."""
 
-    async def commit(self, migration_id: str, state: MigrationState) -> None:
-        """The destination adopts the request; it decodes on there from now on."""
+    async def commit(
+        self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
+    ) -> bool:
+        """The destination adopts the request; it decodes on there from now on.
+
+        ``counts`` / ``buffers`` carry the last blocks, which the destination reserves and scatters
+        first (one round trip for the whole paused stage). False: no room for them, nothing changed.
+        """
 
     async def abort(self, migration_id: str, reason: str) -> None:
         """Free everything reserved for this migration (undo a commit whose ack was lost)."""
@@ -255,11 +269,24 @@ async def _migrate_running(
             # Downtime counts from here: the request is out of the batch until the destination has it.
             pause_start = time.perf_counter()
             ids = state.block_ids[sent : math.ceil(state.num_kv_tokens / bs)]
-            nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1, paused=True)
-            reserved = True
-            if request.status is not RequestStatus.MIGRATING:
-                raise MigrationAborted("aborted")  # aborted by the client while paused
-            await call_destination(config, "commit", dst.commit(mid, state))
+            if len(ids) <= blocks_per_message(await block_nbytes_async(engine), config):
+                # The usual case: one gather and one message that reserves, scatters and commits.
+                tail = [await _on(engine.export_blocks, ids)] if ids else []
+                nbytes = sum(_nbytes(b) for b in tail)
+                if request.status is not RequestStatus.MIGRATING:
+                    raise MigrationAborted("aborted")  # aborted by the client while paused
+                reserved = True  # the commit may reserve on the destination even if its answer is lost
+                committed = await call_destination(
+                    config, "commit", dst.commit(mid, state, [len(ids)] if ids else [], tail)
+                )
+                if not committed:
+                    raise Refused() if stage == 1 else MigrationAborted("dst-out-of-blocks")
+            else:  # a blocking copy (max_stages=1) or a long tail: reserve, stream, then commit
+                nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1, paused=True)
+                reserved = True
+                if request.status is not RequestStatus.MIGRATING:
+                    raise MigrationAborted("aborted")
+                await call_destination(config, "commit", dst.commit(mid, state))
             result.downtime_s = time.perf_counter() - pause_start
             result.num_kv_tokens = state.num_kv_tokens
             result.resume_index = state.request.num_output_tokens

@@ -64,6 +64,22 @@ def _nbytes(buffer: Any) -> int:
     return int(buffer.numel() * buffer.element_size()) if hasattr(buffer, "element_size") else len(buffer)
 
 
+def cached_block_nbytes(engine: EngineBackend) -> int | None:
+    """``block_nbytes(engine)`` if known without touching the engine (no lock, no thread hop)."""
+    value = getattr(engine, "block_nbytes", None)
+    if isinstance(value, int) and value > 0:
+        return value
+    try:
+        return _BLOCK_NBYTES.get(engine)
+    except TypeError:
+        return None
+
+
+async def block_nbytes_async(engine: EngineBackend) -> int:
+    cached = cached_block_nbytes(engine)
+    return cached if cached is not None else await asyncio.to_thread(block_nbytes, engine)
+
+
 def block_nbytes(engine: EngineBackend) -> int:
     """Bytes of one KV block of ``engine`` (its ``block_nbytes`` attribute, else measured once)."""
     value = getattr(engine, "block_nbytes", None)
@@ -103,7 +119,7 @@ async def send_stage(
     Raises ``Refused`` (first stage) or ``MigrationAborted`` when the destination has no room.
     """
     if ids:
-        per_block = await asyncio.to_thread(block_nbytes, engine)
+        per_block = await block_nbytes_async(engine)
         piece = len(ids) if paused else min(len(ids), blocks_per_gather(per_block, config))
         per_message = piece * math.ceil(blocks_per_message(per_block, config) / piece)
     else:

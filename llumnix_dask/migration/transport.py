@@ -49,9 +49,11 @@ class InProcessEndpoint:
     async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
         await asyncio.to_thread(self.destination.receive_blocks, migration_id, start, counts, buffers)
 
-    async def commit(self, migration_id: str, state: MigrationState) -> None:
+    async def commit(
+        self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
+    ) -> bool:
         state = pickle.loads(pickle.dumps(state))  # the destination must own its copy, as over a wire
-        await asyncio.to_thread(self.destination.commit, migration_id, state)
+        return await asyncio.to_thread(self.destination.commit, migration_id, state, counts, buffers)
 
     async def abort(self, migration_id: str, reason: str) -> None:
         await asyncio.to_thread(self.destination.abort, migration_id, reason)
@@ -122,8 +124,18 @@ class DaskEndpoint:
             migration_id=migration_id, start=start, counts=list(counts), buffers=encoded
         )
 
-    async def commit(self, migration_id: str, state: MigrationState) -> None:
-        await self._remote().llumnix_migration_commit(migration_id=migration_id, state=_wire(state))
+    async def commit(
+        self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
+    ) -> bool:
+        if any(getattr(b, "is_cuda", False) for b in buffers):
+            encoded = await asyncio.to_thread(lambda: [encode_buffer(b) for b in buffers])
+        else:
+            encoded = [encode_buffer(b) for b in buffers]
+        return bool(
+            await self._remote().llumnix_migration_commit(
+                migration_id=migration_id, state=_wire(state), counts=list(counts), buffers=encoded
+            )
+        )
 
     async def abort(self, migration_id: str, reason: str) -> None:
         await self._remote().llumnix_migration_abort(migration_id=migration_id, reason=reason)
@@ -147,10 +159,11 @@ def register_migration_handlers(worker: Any, destination: MigrationDestination, 
 
     async def blocks(migration_id: str, start: int, counts: list[int], buffers: list[dict]) -> None:
         tensors = [decode_buffer(b) for b in buffers]
-        await asyncio.to_thread(destination.receive_blocks, migration_id, int(start), counts, tensors)
+        await asyncio.to_thread(destination.receive_blocks, migration_id, start, counts, tensors)
 
-    async def commit(migration_id: str, state: MigrationState) -> None:
-        await asyncio.to_thread(destination.commit, migration_id, state)
+    async def commit(migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[dict] = ()) -> bool:
+        tensors = [decode_buffer(b) for b in buffers]
+        return await asyncio.to_thread(destination.commit, migration_id, state, counts, tensors)
 
     async def abort(migration_id: str, reason: str = "") -> bool:
         return await asyncio.to_thread(destination.abort, migration_id, reason)

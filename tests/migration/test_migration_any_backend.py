@@ -29,7 +29,7 @@ def test_fake_backend_migrates_bit_identically_without_leaks():
     req = _request()
     runners[0].add(req)
     assert streams.wait_for(lambda: len(streams.tokens("f1")) >= 20, 30)
-    result = run(migrate_out(a, "f1", InProcessEndpoint(MigrationDestination(b, FAST)), FAST))
+    result = run(migrate_out(runners[0].migration_engine, "f1", InProcessEndpoint(MigrationDestination(b, FAST)), FAST))
     assert streams.wait_for(lambda: streams.finished("f1"), 30)
     for r in runners:
         r.stop()

@@ -29,7 +29,7 @@ def add_request(request, dask_worker):
 
 
 async def migrate(request_id, dst_address, dask_worker):
-    engine = dask_worker._migration_test[0]
+    engine = dask_worker._migration_test[1].migration_engine
     result = await migrate_out(engine, request_id, DaskEndpoint(dst_address, dask_worker.rpc), FAST)
     return result.to_dict()
 

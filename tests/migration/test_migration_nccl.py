@@ -55,8 +55,8 @@ async def migrate(request_id, dst, dask_worker):
     from llumnix_dask.migration import migrate_out
     from llumnix_dask.migration.nccl import NcclEndpoint
 
-    engine, _, _, peers = dask_worker._nccl_test
-    return (await migrate_out(engine, request_id, NcclEndpoint(dst, peers), FAST)).to_dict()
+    _, runner, _, peers = dask_worker._nccl_test
+    return (await migrate_out(runner.migration_engine, request_id, NcclEndpoint(dst, peers), FAST)).to_dict()
 
 
 def finish(dask_worker):
