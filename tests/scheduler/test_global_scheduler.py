@@ -150,3 +150,25 @@ def test_slo_attainment_uses_the_policy_targets_for_requests_without_their_own()
     gs.request_finished(FinishedRequest("r2", 0, 1.0, 0.3, 0.01, 0.5))
     assert gs.snapshot()["latency"]["normal"]["slo_attainment"] == 0.5
     assert gs.snapshot()["latency"]["high"]["slo_attainment"] is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shortlisted_dispatch_decides_exactly_as_the_full_policy(seed):
+    import random
+
+    from llumnix_dask.policy import dispatch as dispatch_policy
+
+    rng = random.Random(seed)
+    loads = []
+    for i in range(40):
+        used = rng.choice([0, 0, 10, 40, 80, 95])  # ties and busy instances on purpose
+        loads.append(InstanceLoad(f"i{i}", 100, used, num_running=rng.randint(0, 4), running_blocks=used,
+                                  num_high_priority=rng.randint(0, 1)))
+    for dispatch in ("llumnix", "infaas"):
+        gs = make(*loads, dispatch=dispatch)
+        if seed % 2:
+            gs.drain("i3", "test")
+        for k in range(60):
+            req = RequestLoad(f"r{k}", rng.randint(1, 30), priority=k % 5 == 0)
+            expected = dispatch_policy.dispatch(gs.loads(), req, gs.policy, gs.dispatch_state).instance_id
+            assert gs.dispatch(req).instance_id == expected
