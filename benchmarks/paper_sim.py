@@ -65,7 +65,8 @@ def run_point(trace_name: str, rate: float, requests: int, seed: int, png_dir: P
 def ratios_of(rows: list[dict]) -> list[dict]:
     """baseline / llumnix for each baseline row of one point (rows: one per policy, llumnix last)."""
     base = next(r for r in rows if r["policy"] == "llumnix")
-    return [{"trace": r["trace"], "rate": r["rate"], "baseline": r["policy"], **{k: ratio(r[k], base[k]) for k in RATIO_KEYS}}
+    return [{"trace": r["trace"], "rate": r["rate"], "baseline": r["policy"],
+             **{k: ratio(r[k], base[k]) for k in RATIO_KEYS}}
             for r in rows if r["policy"] != "llumnix"]
 
 
@@ -92,7 +93,8 @@ def main() -> None:
         ratios = ratios_of(rows)
         for q in ratios:  # per-seed ratios, to show the spread
             for k in RATIO_KEYS:
-                q[k + "_seeds"] = [next(x[k] for x in ratios_of(rs) if x["baseline"] == q["baseline"]) for rs in per_seed]
+                q[k + "_seeds"] = [next(x[k] for x in ratios_of(rs) if x["baseline"] == q["baseline"])
+                                   for rs in per_seed]
         for r in rows + ratios:
             r["kind"] = kind
         all_rows += rows

@@ -97,7 +97,8 @@ def main() -> None:
     summary = summarize(rows)
     met = summary["high_e2e_mean_speedup"] >= 1.2 and summary["normal_e2e_mean_penalty_pct"] <= 5
     print(f"\nhigh-priority mean latency base/llumnix {summary['high_e2e_mean_speedup']:.3f}x (target >= 1.2x), "
-          f"prefill mean {summary['high_prefill_mean_speedup']:.2f}x, prefill P99 {summary['high_prefill_p99_speedup']:.2f}x, "
+          f"prefill mean {summary['high_prefill_mean_speedup']:.2f}x, "
+          f"prefill P99 {summary['high_prefill_p99_speedup']:.2f}x, "
           f"decode mean {summary['high_decode_mean_speedup']:.3f}x; "
           f"normal mean latency penalty {summary['normal_e2e_mean_penalty_pct']:+.2f}% (target <= 5%) -> "
           f"{'MET' if met else 'MISSED'}")

@@ -75,7 +75,8 @@ class SimEngine(SimMigrationMixin):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SimEngine.{name}: must be an integer >= 1, got {value!r}")
         if not isinstance(watermark_blocks, int) or not 0 <= watermark_blocks < num_blocks:
-            raise ValueError(f"SimEngine.watermark_blocks: must be an integer in [0, num_blocks), got {watermark_blocks!r}")
+            raise ValueError(
+                f"SimEngine.watermark_blocks: must be an integer in [0, num_blocks), got {watermark_blocks!r}")
         self.watermark_blocks = watermark_blocks
         self.priority_scheduling = priority_scheduling
         self.instance_id = instance_id

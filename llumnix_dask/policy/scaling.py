@@ -12,9 +12,9 @@ tick::
 The cluster's average freeness is the *request-weighted* mean of the instances' freeness, i.e. the
 cluster's free (virtual) blocks per request: sum(M - sum V) / sum(B) over the non-terminating instances,
 with B at least 1 per instance as in :func:`~llumnix_dask.policy.load.freeness` (so an idle cluster has
-the freeness of an idle instance, M) (:func:`cluster_freeness`). Freeness is a per-request quantity, so this is its natural average; the plain
-mean of per-instance ratios is not usable here because an empty instance (B clamped to 1) counts with
-freeness M: one starting or idle instance of 960 blocks lifts the mean of nine instances by ~100 blocks,
+the freeness of an idle instance, M) (:func:`cluster_freeness`). Freeness is a per-request quantity,
+so this is its natural average; the plain mean of per-instance ratios is not usable here because an
+empty instance (B clamped to 1) counts with freeness M: one starting or idle instance of 960 blocks lifts the mean of nine instances by ~100 blocks,
 which pushed a cluster drowning in queued requests above y and drained an instance right after every
 scale-up (up/down oscillation under bursts).
 
