@@ -14,9 +14,9 @@ cluster's free (virtual) blocks per request: sum(M - sum V) / sum(B) over the no
 with B at least 1 per instance as in :func:`~llumnix_dask.policy.load.freeness` (so an idle cluster has
 the freeness of an idle instance, M) (:func:`cluster_freeness`). Freeness is a per-request quantity,
 so this is its natural average; the plain mean of per-instance ratios is not usable here because an
-empty instance (B clamped to 1) counts with freeness M: one starting or idle instance of 960 blocks lifts the mean of nine instances by ~100 blocks,
-which pushed a cluster drowning in queued requests above y and drained an instance right after every
-scale-up (up/down oscillation under bursts).
+empty instance (B clamped to 1) counts with freeness M: one starting or idle instance of 960 blocks
+lifts the mean of nine instances by ~100 blocks, which pushed a cluster drowning in queued requests above
+y and drained an instance right after every scale-up (up/down oscillation under bursts).
 
 * average freeness (over non-terminating instances) below ``scale_up_freeness`` (x) for at least
   ``scaling_patience_s``, and fewer than ``max_instances`` -> ``"up"``;
