@@ -15,7 +15,7 @@ Prints P99 and mean TTFT / TPOT per policy and the ratios against llumnix; write
 ``benchmarks/results/cluster_tail_latency.json``. The machine is shared: absolute numbers vary, the same
 trace keeps the comparison fair. Targets: P99 TTFT round_robin/llumnix >= 3x, infaas/llumnix > 1.5x.
 
-    python benchmarks/cluster_tail_latency.py [--requests 100 --rate 2.5 --cv 4] [--side-by-side --rate 1.0]
+    python benchmarks/cluster_tail_latency.py [--requests 120 --rate 4 --cv 4] [--side-by-side --rate 1.0]
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def wait_idle(cluster: Cluster, timeout: float = 120.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=2.5, help="mean arrival rate (req/s)")
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=4.0, help="mean arrival rate (req/s)")
     parser.add_argument("--cv", type=float, default=4.0, help="Gamma CV of inter-arrival times (>= 4: bursty)")
     parser.add_argument("--trace", default="mixed", help="'mixed' (short + long) or a length preset (M-M ...)")
     parser.add_argument("--short-len", type=int, default=32, help="mixed: input = output tokens of short ones")
