@@ -28,7 +28,6 @@ import torch
 
 from llumnix_dask.engine.base import MigrationState
 from llumnix_dask.migration.transport import DaskEndpoint
-from llumnix_dask.request import Request
 
 
 def _nccl() -> Any:
@@ -155,10 +154,13 @@ class NcclPeers:
         try:
             await remote
         except BaseException:
-            # The receiver never posted its ncclRecv (error, restart, timeout): our ncclSend would wait
-            # forever. Aborting the communicator ends it; the next transfer builds a fresh link.
-            self._out.pop(peer, None)
-            link.comm.abort()
+            # If the receiver never posted its ncclRecv (error, restart, timeout) our ncclSend waits
+            # forever: abort the communicator to end it; the next transfer builds a fresh link. (A
+            # receiver that failed only after receiving leaves the send finished and the link healthy.)
+            await asyncio.wait({sending}, timeout=1.0)
+            if not sending.done():
+                self._out.pop(peer, None)
+                link.comm.abort()
             raise
         await sending
 
@@ -200,6 +202,3 @@ class NcclEndpoint(DaskEndpoint):
             await self.send_blocks(migration_id, None, counts, buffers)  # None: the blocks just reserved
             return await super().commit(migration_id, state)
         return await super().commit(migration_id, state, counts, buffers)
-
-    async def enqueue(self, migration_id: str, request: Request) -> bool:
-        return await super().enqueue(migration_id, request)
