@@ -15,9 +15,10 @@ Pure functions over frozen snapshots. An instance reports an :class:`InstanceLoa
 Definitions:
 
 * a running request's virtual usage is the KV blocks it holds;
-* a queued request's virtual usage is its demand (blocks needed to start it) when de-fragmentation is on,
-  so an instance whose head-of-line request cannot start looks full and gets migrated from; with it off a
-  queued request counts nothing (the physical view, which hides fragmentation);
+* with de-fragmentation on, the head-of-line queued request counts its full demand (blocks needed to
+  start it), so an instance whose head-of-line request cannot start looks full and gets migrated from; the
+  other queued requests count nothing (they only lower freeness through B); with it off no queued request
+  counts (the physical view, which hides fragmentation);
 * every high-priority request adds ``priority_headroom_blocks`` of fake usage so the instance that holds it
   stays lightly loaded (smaller batches, faster decode) and receives fewer new requests;
 * a terminating instance has infinite usage: nothing is dispatched to it and it is migrated from first;
@@ -125,7 +126,9 @@ def virtual_usage(load: InstanceLoad, config: PolicyConfig) -> float:
         return math.inf
     total = load.running_blocks
     if config.defragmentation:
-        total += load.waiting_demand_blocks
+        # Only the head-of-line request: it is the one blocked by fragmentation, and counting it in full
+        # makes the instance look full so migration frees room for it (paper section 4.4.1).
+        total += load.hol_demand_blocks
     if config.priorities_enabled:
         total += config.priority_headroom_blocks * load.num_high_priority
     return float(total)

@@ -15,12 +15,13 @@ def test_empty_instance_is_all_free():
 
 def test_running_and_queued_hol_demand():
     load = InstanceLoad.from_requests(
-        "i0", 100, 30, running=(RequestLoad("a", 10), RequestLoad("b", 20)), waiting=(RequestLoad("c", 40),)
+        "i0", 100, 30, running=(RequestLoad("a", 10), RequestLoad("b", 20)), waiting=(RequestLoad("c", 40), RequestLoad("d", 8))
     )
+    # Only the head-of-line request's demand counts; the one behind it adds to B.
     assert virtual_usage(load, PolicyConfig()) == 70
-    assert freeness(load, PolicyConfig()) == pytest.approx(10.0)
-    # Without de-fragmentation the queued request is invisible: the instance looks half free.
-    assert freeness(load, PolicyConfig(defragmentation=False)) == pytest.approx(70 / 3)
+    assert freeness(load, PolicyConfig()) == pytest.approx(7.5)
+    # Without de-fragmentation the queue is invisible in usage: the instance looks much freer.
+    assert freeness(load, PolicyConfig(defragmentation=False)) == pytest.approx(70 / 4)
 
 
 def test_high_priority_headroom_and_terminating():

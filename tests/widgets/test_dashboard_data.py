@@ -40,8 +40,8 @@ def test_one_row_per_instance_in_natural_order_with_shares_of_the_cache():
     assert cols["instance_id"] == ["instance-0", "instance-2", "instance-10"]
     used, virtual, free = cols["used"], cols["virtual"], cols["free"]
     assert used[0] == pytest.approx(0.10) and free[0] == pytest.approx(0.90)
-    # instance-2: 95 used, 95 + head-of-line demand 40 virtual > cache: virtual drawn beyond the cache, no free.
-    assert used[1] == pytest.approx(0.95) and virtual[1] == pytest.approx(0.40) and free[1] == 0.0
+    # instance-2: 95 used + head-of-line demand 20 virtual > cache: virtual drawn beyond the cache, no free.
+    assert used[1] == pytest.approx(0.95) and virtual[1] == pytest.approx(0.20) and free[1] == 0.0
     assert (cols["running"][1], cols["waiting"][1]) == (3, 2)
     assert cols["state"] == ["serving", "serving", "draining"]
     assert cols["freeness_text"][2] == "draining"
