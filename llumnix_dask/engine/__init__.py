@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EngineBackend", "MigrationState", "StepOutput", "create_engine"]
 
+# KV blocks of a sim instance when EngineConfig.num_blocks is not given: the simulator's A10 figure.
+SIM_DEFAULT_BLOCKS = 960
+
 
 def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
     """The engine named by ``config.backend`` (torch and the model are imported only when needed)."""
@@ -24,4 +27,26 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
         from llumnix_dask.engine.nano.engine import NanoEngine
 
         return NanoEngine(config, instance_id)
-    raise ValueError(f"EngineConfig.backend: backend {config.backend!r} is not available in create_engine yet")
+    if config.backend == "sim":
+        from llumnix_dask.config import LatencyModel
+        from llumnix_dask.engine.sim import VOCAB, SimEngine
+        from llumnix_dask.serve.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(config)
+
+        # Real time: each step sleeps its modelled latency, so a cluster of sim instances behaves like one
+        # of LLaMA-7B/A10 instances (the simulator's defaults) without any tensors.
+        return SimEngine(
+            instance_id,
+            num_blocks=config.num_blocks or SIM_DEFAULT_BLOCKS,
+            block_size=config.block_size,
+            max_batch_size=config.max_batch_size,
+            max_batched_tokens=config.max_batched_tokens,
+            latency=LatencyModel(),
+            realtime=True,
+            priority_scheduling=True,
+            vocab_size=tokenizer.vocab_size if tokenizer is not None else VOCAB,
+            detokenize=tokenizer.decode if tokenizer is not None else None,
+        )
+    raise ValueError(f"EngineConfig.backend: backend {config.backend!r} is not implemented; use nano or sim")
+

@@ -69,6 +69,8 @@ class SimEngine(SimMigrationMixin):
         clock: Callable[[], float] = time.time,
         watermark_blocks: int = 0,
         priority_scheduling: bool = False,
+        vocab_size: int = VOCAB,
+        detokenize: Callable[[list[int]], str] | None = None,
     ) -> None:
         for name, value in (("num_blocks", num_blocks), ("block_size", block_size),
                             ("max_batch_size", max_batch_size), ("max_batched_tokens", max_batched_tokens)):
@@ -79,6 +81,9 @@ class SimEngine(SimMigrationMixin):
                 f"SimEngine.watermark_blocks: must be an integer in [0, num_blocks), got {watermark_blocks!r}")
         self.watermark_blocks = watermark_blocks
         self.priority_scheduling = priority_scheduling
+        # Token ids are drawn below this, so a frontend's tokenizer can turn them into text.
+        self.vocab_size = vocab_size
+        self.detokenize = detokenize  # token ids -> text, for StepOutput.text_delta (None: no text)
         self.instance_id = instance_id
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -332,9 +337,10 @@ class SimEngine(SimMigrationMixin):
                 if done:
                     finished.append(s)
                 if record:
-                    token = s.token_id(s.total - 1)
+                    token = s.token_id(s.total - 1) % self.vocab_size
                     s.request.append_token(token, now)
-                    outputs.append(StepOutput(s.request.request_id, [token], finished=done,
+                    text = self.detokenize([token]) if self.detokenize is not None else ""
+                    outputs.append(StepOutput(s.request.request_id, [token], text, finished=done,
                                               finish_reason="length" if done else None))
             for s in finished:
                 self._running.remove(s)

@@ -32,6 +32,17 @@ class SimSeq:
         self.token_seed = seed if seed is not None else zlib.crc32(request.request_id.encode())
         self.admitted_at = 0.0
 
+    def __getstate__(self) -> dict:
+        # The owning engine (its lock, its queues) stays behind when the state crosses a process boundary
+        # in a migration: the destination sets itself as owner on commit.
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["owner"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def token_id(self, position: int) -> int:
         return (self.token_seed * 1_000_003 + position * 7_919) % VOCAB
 

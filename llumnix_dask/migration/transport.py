@@ -69,7 +69,8 @@ def encode_buffer(buffer: torch.Tensor) -> dict[str, Any]:
     from distributed.protocol import to_serialize
 
     if not isinstance(buffer, torch.Tensor):
-        raise TypeError(f"buffer: expected a torch tensor from export_blocks, got {type(buffer).__name__}")
+        # Engines without tensors (the sim backend) export a small descriptor: it travels as it is.
+        return {"object": _wire(buffer)}
     flat = buffer.detach().contiguous()
     if flat.device.type != "cpu":
         flat = flat.cpu()
@@ -77,8 +78,10 @@ def encode_buffer(buffer: torch.Tensor) -> dict[str, Any]:
     return {"dtype": str(flat.dtype).removeprefix("torch."), "shape": list(flat.shape), "data": to_serialize(raw)}
 
 
-def decode_buffer(message: dict[str, Any]) -> torch.Tensor:
+def decode_buffer(message: dict[str, Any]) -> Any:
     """Inverse of :func:`encode_buffer`, viewing the received frame without copying it."""
+    if "object" in message:
+        return message["object"]
     raw = np.asarray(message["data"], dtype=np.uint8)
     with warnings.catch_warnings():
         # A read-only frame: the engine only reads it (scatter copies out of it).

@@ -22,12 +22,20 @@ class _TokenizerAdapter:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size()
+
 
 def load_tokenizer(config: EngineConfig) -> Any:
-    """The model's tokenizer for frontend-side tokenization (None if the model has none)."""
+    """The model's tokenizer for frontend-side tokenization (None if the model has none).
+
+    The sim backend has no model; with none given it borrows the built-in tiny model's tokenizer so its
+    synthetic token ids read as text.
+    """
     from pathlib import Path
 
-    if config.backend != "nano" and config.model is None:
+    if config.backend not in ("nano", "sim") and config.model is None:
         return None
     if config.model is not None:
         root = Path(config.model)
