@@ -97,7 +97,7 @@ def sim_command(
 def up_command(
     instances: int = typer.Option(None, help="Engine instances (default: one per GPU, else 2)."),
     model: str = typer.Option(None, help="HF checkpoint directory (default: the built-in tiny model)."),
-    backend: str = typer.Option("nano", help="Engine backend: nano, vllm or sim."),
+    backend: str = typer.Option("nano", help="Engine backend: nano (torch, paged KV) or sim (latency model, no tensors)."),
     host: str = typer.Option("127.0.0.1", help="HTTP bind address."),
     port: int = typer.Option(8000, help="HTTP port (0 = any free port)."),
     api_key: str = typer.Option(None, help="Require this API key (or set LLUMNIX_DASK_API_KEY)."),

@@ -47,7 +47,7 @@ class Cluster:
 
     Parameters: ``n_instances`` engine instances (one Dask worker each; one GPU each when there are
     GPUs), ``model`` (an HF checkpoint directory; None = the built-in tiny model), ``backend``
-    ("nano", "vllm", "sim"), ``policy`` (:class:`PolicyConfig`), ``engine`` (a full :class:`EngineConfig`,
+    ("nano" or "sim"), ``policy`` (:class:`PolicyConfig`), ``engine`` (a full :class:`EngineConfig`,
     overrides model/backend), ``address`` (attach to an existing scheduler instead of starting one).
     """
 
