@@ -34,8 +34,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_rows, save  # noqa: E402
 
 from llumnix_dask.config import EngineConfig, MigrationConfig  # noqa: E402
+from llumnix_dask.migration.staging import MESSAGES_IN_FLIGHT  # noqa: E402
 
 CONFIG = MigrationConfig()
+# Dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, so every received 16 MB frame lands in fresh,
+# page-faulting memory; KV-moving workers keep freed buffers instead (the llumnix cluster does the same).
+WORKER_MALLOC = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25,
+}
 
 
 # -- destination worker ------------------------------------------------------------------------------
@@ -100,8 +107,8 @@ async def dask_wire(dst, nbytes, dask_worker):
     remote = dask_worker.rpc(dst)
     start = time.perf_counter()
     in_flight: set = set()
-    for pieces in messages:  # two messages on the wire at once, as in a migration stage
-        if len(in_flight) >= 2:
+    for pieces in messages:  # as many messages on the wire at once as in a migration stage
+        if len(in_flight) >= MESSAGES_IN_FLIGHT:
             done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         in_flight.add(asyncio.ensure_future(remote.bench_sink(buffers=[encode_buffer(p) for p in pieces])))
     await asyncio.gather(*in_flight)
@@ -129,13 +136,15 @@ def main() -> None:
     args = parser.parse_args()
     nbytes = args.megabytes * 2**20
 
+    import dask
     from distributed import Client, LocalCluster
 
     from llumnix_dask.engine import create_engine
 
     block = create_engine(EngineConfig(num_blocks=1), "probe").export_blocks([0]).nbytes
     num_blocks = nbytes // block
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with dask.config.set(WORKER_MALLOC), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         src, dst = sorted(client.scheduler_info()["workers"])
         port = client.run(start_destination, num_blocks + CONFIG.dst_watermark_blocks + 8, nbytes, workers=[dst])[dst]

@@ -11,8 +11,9 @@ thread per engine). For each sequence length the same request is measured four w
 * blocking copy: ``max_stages=1`` - stop, copy all blocks, resume on the destination;
 * recompute: re-prefill prompt + generated tokens on the destination (what a system without KV migration
   does), time to its next token;
-* source slowdown: mean start-to-start interval of the source's decode steps while the live migration
-  runs, relative to the steps just before it (a background request keeps the source's batch busy).
+* source slowdown: mean start-to-start interval of the source's decode steps during the live stages,
+  relative to its last 10 decode steps before the migration (a background request keeps the source's
+  batch busy after the pause).
 
 Prints a table and writes benchmarks/results/migration_downtime.json. Targets (issue 4):
 downtime(4k) / downtime(256) <= 1.5, recompute(4k) / downtime(4k) >= 30, source slowdown <= 10%.
@@ -45,6 +46,11 @@ BENCH_MODEL = TinyModelConfig(
 )
 LIVE = MigrationConfig()  # paper defaults: 3 stages, last stage <= 16 blocks, 16 MB messages
 BLOCKING = dataclasses.replace(LIVE, max_stages=1)
+# Keep freed receive buffers in the workers' heaps (Dask's default trims them at 64 KiB): see kv_transfer.py.
+WORKER_MALLOC = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25,
+}
 
 
 # -- worker side (pickled by value into the two worker processes) ---------------------------------------
@@ -90,7 +96,7 @@ async def migrate(request_id, dst_address, config, dask_worker):
     live_end = start + sum(st.seconds for st in result.stages if not st.paused)
     steps = runner.step_times
     during = [s for s, _, _ in steps[n_before:] if start <= s <= live_end]
-    before = [s for s, _, _ in steps[:n_before] if s >= start - 1.0]
+    before = [s for s, _, _ in steps[max(0, n_before - 11) : n_before]]  # the last 10 decode intervals
 
     def interval(starts):
         return (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) >= 2 else None
@@ -148,9 +154,9 @@ def endless(rid: str, tokens: list[int], arrival: float) -> Request:
 
 def measure_length(client, a, b, length, rep) -> dict:
     rid = f"seq{length}-{rep}"
-    client.run(add_request, endless(rid, prompt(length - 8, rep), time.time()), workers=[a])
+    client.run(add_request, endless(rid, prompt(length - 20, rep), time.time()), workers=[a])
     run1 = lambda f, *args, on: client.run(f, *args, workers=[on])[on]  # noqa: E731
-    run1(wait_tokens, rid, 8, on=a)  # prefilled, decoding; KV ~= length tokens
+    run1(wait_tokens, rid, 20, on=a)  # prefilled and decoding (the baseline steps are decode steps)
     live = run1(migrate, rid, b, LIVE, on=a)
     k = live["resume_index"]
     run1(wait_tokens, rid, k + 1, on=b)
@@ -188,6 +194,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="measurements per length (the median is shown)")
     args = parser.parse_args()
 
+    import dask
     from distributed import Client, LocalCluster
 
     from llumnix_dask.engine.nano.tiny_model import make_tiny_model
@@ -196,7 +203,8 @@ def main() -> None:
     model_path = str(make_tiny_model(model_dir, BENCH_MODEL))
     kv_per_token = BENCH_MODEL.num_layers * 2 * BENCH_MODEL.num_kv_heads * (BENCH_MODEL.hidden_size // BENCH_MODEL.num_heads) * 4
     num_blocks = (max(args.lengths) * 3) // 16 + 64  # the request, a recompute copy and headroom
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with dask.config.set(WORKER_MALLOC), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         a, b = sorted(client.scheduler_info()["workers"])
         block_bytes = client.run(start_instance, model_path, num_blocks)[a]
