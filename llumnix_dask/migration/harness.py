@@ -91,7 +91,8 @@ class EngineRunner:
         # request cannot leave between producing a token and that token being recorded, so a stream
         # never shows the destination's next token before the source's last one.
         self._step_lock = threading.Lock()
-        self._migration_engine = _RecordedPause(engine, self._step_lock)
+        self._pause_waiters = 0  # the loop lets a waiting pause() in before its next step (no starvation)
+        self._migration_engine = _RecordedPause(self)
         self._stop = False
         self._paused = False
         self.error: BaseException | None = None
@@ -139,6 +140,9 @@ class EngineRunner:
                     self._cond.wait(0.05)  # a migrated-in request arrives without add(): poll has_work
                 if self._stop:
                     return
+            with self._cond:
+                while self._pause_waiters and not self._stop:
+                    self._cond.wait(0.01)
             start = time.perf_counter()
             with self._step_lock:
                 try:
@@ -155,13 +159,21 @@ class EngineRunner:
 
 
 class _RecordedPause:
-    def __init__(self, engine: EngineBackend, step_lock: threading.Lock):
-        self._engine = engine
-        self._step_lock = step_lock
+    def __init__(self, runner: EngineRunner):
+        self._runner = runner
+        self._engine = runner.engine
 
     def pause(self, request_id: str):
-        with self._step_lock:
-            return self._engine.pause(request_id)
+        runner = self._runner
+        with runner._cond:
+            runner._pause_waiters += 1
+        try:
+            with runner._step_lock:
+                return self._engine.pause(request_id)
+        finally:
+            with runner._cond:
+                runner._pause_waiters -= 1
+                runner._cond.notify_all()
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
