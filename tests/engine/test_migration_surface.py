@@ -85,9 +85,11 @@ def test_migration_in_the_middle_of_a_chunked_prefill(small_model):
     dst.import_blocks(ids, src.export_blocks(state.block_ids))
     dst.commit_migrated(state, ids)
     src.release("m")
-    run_to_completion(dst)
+    outs = run_to_completion(dst).get("m", [])
     assert dst.get_request("m") is None  # finished
     assert state.num_kv_tokens == 8
+    # The rest of the prompt is prefilled on the destination, and the output is the unmigrated one.
+    assert [t for o in outs for t in o.new_token_ids] == expected
 
 
 def test_export_layout_and_import_round_trip(small_model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import ENGINE, FAST, ScriptedEndpoint, forever, free_blocks, make_request, run
+from migration_helpers import ENGINE, FAST, ScriptedEndpoint, forever, free_blocks, make_request, run
 
 from llumnix_dask.migration import MigrationDestination, UnknownMigration, migrate_out
 from llumnix_dask.request import RequestStatus

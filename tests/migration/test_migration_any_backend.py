@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import FAST, run
+from migration_helpers import FAST, run
 from fake_engine import FakeEngine
 
 from llumnix_dask.engine.base import EngineBackend

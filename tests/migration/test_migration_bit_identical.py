@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import FAST, free_blocks, make_request, run
+from migration_helpers import FAST, free_blocks, make_request, run
 
 from llumnix_dask.migration import InProcessEndpoint, MigrationDestination, migrate_out
 from llumnix_dask.migration.harness import EngineRunner, TokenStreams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ENGINE, FAST, free_blocks, make_request
+from migration_helpers import ENGINE, FAST, free_blocks, make_request
 
 from llumnix_dask.migration import DaskEndpoint, MigrationDestination, migrate_out, register_migration_handlers
 from llumnix_dask.migration.harness import EngineRunner, TokenStreams

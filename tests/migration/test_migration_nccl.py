@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, make_request
+from migration_helpers import FAST, make_request
 
 torch = pytest.importorskip("torch")
 

@@ -62,7 +62,6 @@ class NanoLlama:
         a, ck = self.args, self.ckpt
         H, KVH, Dh, G = a.num_heads, a.num_kv_heads, a.head_dim, self.group
         T, D = batch.num_tokens, batch.num_decode
-        bs = cache.block_size
         x = ck.embed[batch.input_ids]
         cos = self.cos[batch.positions][:, None, :]
         sin = self.sin[batch.positions][:, None, :]
