@@ -33,16 +33,12 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_rows, save  # noqa: E402
 
-from llumnix_dask.config import EngineConfig, MigrationConfig  # noqa: E402
+from llumnix_dask.config import EngineConfig, MigrationConfig, worker_dask_config  # noqa: E402
 from llumnix_dask.migration.staging import MESSAGES_IN_FLIGHT  # noqa: E402
 
 CONFIG = MigrationConfig()
-# Dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, so every received 16 MB frame lands in fresh,
-# page-faulting memory; KV-moving workers keep freed buffers instead (the llumnix cluster does the same).
-WORKER_MALLOC = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
-    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25,
-}
+# Keep freed receive buffers in the workers' heaps, as the llumnix cluster does (see config.WORKER_PRE_SPAWN_ENV).
+WORKER_MALLOC = worker_dask_config()
 
 
 # -- destination worker ------------------------------------------------------------------------------

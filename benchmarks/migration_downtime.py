@@ -38,7 +38,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_rows, ratio, save  # noqa: E402
 
-from llumnix_dask.config import EngineConfig, MigrationConfig, TinyModelConfig  # noqa: E402
+from llumnix_dask.config import EngineConfig, MigrationConfig, TinyModelConfig, worker_dask_config  # noqa: E402
 from llumnix_dask.request import Request, SamplingParams  # noqa: E402
 
 BENCH_MODEL = TinyModelConfig(
@@ -46,11 +46,8 @@ BENCH_MODEL = TinyModelConfig(
 )
 LIVE = MigrationConfig()  # paper defaults: 3 stages, last stage <= 16 blocks, 16 MB messages
 BLOCKING = dataclasses.replace(LIVE, max_stages=1)
-# Keep freed receive buffers in the workers' heaps (Dask's default trims them at 64 KiB): see kv_transfer.py.
-WORKER_MALLOC = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
-    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25,
-}
+# Keep freed receive buffers in the workers' heaps, as the llumnix cluster does (see config.WORKER_PRE_SPAWN_ENV).
+WORKER_MALLOC = worker_dask_config()
 
 
 # -- worker side (pickled by value into the two worker processes) ---------------------------------------

@@ -26,7 +26,7 @@ import queue
 import time
 from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
 
-from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig
+from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig, worker_dask_config
 from llumnix_dask.request import Priority, SamplingParams
 from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk
 from llumnix_dask.serve.tokenizer import load_tokenizer
@@ -40,6 +40,23 @@ def _sampling(sampling: SamplingParams | None, kwargs: dict) -> SamplingParams:
     if sampling is not None and kwargs:
         return dataclasses.replace(sampling, **kwargs)
     return sampling or SamplingParams(**kwargs)
+
+
+def _keep_worker_heaps() -> None:
+    """Spawn engine workers with the malloc settings of ``config.WORKER_PRE_SPAWN_ENV`` (faster KV transfers).
+
+    Set in this process's Dask config, not in a ``with`` block, because the Nannies of later scale-ups read it
+    too. A value the user configured wins; distributed's own default trim threshold (64 KiB) is replaced.
+    """
+    import dask
+    import distributed  # noqa: F401  (loads distributed's config defaults)
+
+    dask_defaults = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}
+    ours = {
+        k: v for k, v in worker_dask_config().items() if dask.config.get(k, None) in (None, dask_defaults.get(k))
+    }
+    if ours:
+        dask.config.set(ours)
 
 
 class Cluster:
@@ -85,6 +102,7 @@ class Cluster:
                 from llumnix_dask.widgets.dashboard import register_page
 
                 register_page()  # the embedded scheduler's dashboard gets the /llumnix page
+            _keep_worker_heaps()
             self._local = LocalCluster(
                 n_workers=n_instances,
                 threads_per_worker=1,

@@ -36,3 +36,15 @@ def test_sim_request_keeps_its_tokens_across_a_forced_migration(cluster):
     assert result["ok"], repr(result)
     assert [t for c in chunks for t in c.token_ids] == reference.token_ids
     assert len({c.instance_id for c in chunks}) == 2
+
+
+def test_engine_workers_keep_freed_kv_buffers_in_their_heaps(cluster):
+    # Set before the worker processes start (glibc reads it then); without it KV transfers page-fault.
+    import os
+
+    from llumnix_dask.config import WORKER_PRE_SPAWN_ENV
+
+    envs = cluster.client.run(lambda: {k: os.environ.get(k) for k in WORKER_PRE_SPAWN_ENV})
+    assert len(envs) == 2
+    for env in envs.values():
+        assert env == {k: str(v) for k, v in WORKER_PRE_SPAWN_ENV.items()}
