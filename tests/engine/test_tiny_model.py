@@ -70,3 +70,20 @@ def test_num_blocks_follow_the_kv_cache_budget(small_model):
     per_block = 2 * a.num_layers * a.num_kv_heads * a.head_dim * 4 * 16  # K and V, float32
     assert engine.num_blocks == (1 << 20) // per_block == engine.load().total_blocks
     assert engine.cache.bytes_per_block == per_block
+
+
+def test_default_model_output_reads_as_printable_text():
+    # Random weights give nonsense, but a demo's output must not be replacement characters and control bytes.
+    engine = create_engine(EngineConfig(num_blocks=64), "readable")
+    texts = []
+    for i, temperature in enumerate((0.0, 1.0, 1.0)):
+        req = Request.new(engine.encode("Once upon a time"),
+                          SamplingParams(max_tokens=48, temperature=temperature, seed=i, ignore_eos=True))
+        engine.add_request(req)
+        text = ""
+        while engine.has_work():
+            text += "".join(o.text_delta for o in engine.step())
+        texts.append(text)
+    for text in texts:
+        assert text and "\ufffd" not in text
+        assert all(c.isprintable() or c in "\n\t" for c in text), repr(text)

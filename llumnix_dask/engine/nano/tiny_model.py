@@ -25,7 +25,7 @@ from llumnix_dask.config import TinyModelConfig
 
 BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<s>", "</s>", "<unk>"
 # Bump when the files written here change, so an old cached default model is not reused.
-TINY_FORMAT_VERSION = 1
+TINY_FORMAT_VERSION = 2  # 2: unreadable byte tokens get small output rows
 
 
 def llumnix_home() -> Path:
@@ -94,6 +94,26 @@ def _random_weights(cfg: TinyModelConfig) -> dict:
     return {k: v.contiguous() for k, v in w.items()}
 
 
+# Output rows of tokens that do not decode to readable text on their own are scaled by this.
+UNREADABLE_TOKEN_SCALE = 0.1
+
+
+def _readable(text: str) -> bool:
+    return bool(text) and "\ufffd" not in text and all(c.isprintable() or c in "\n\t" for c in text)
+
+
+def _quiet_unreadable_tokens(weights: dict, tok, cfg: TinyModelConfig) -> None:
+    """Shrink the output rows of byte tokens that are not text by themselves (partial UTF-8 sequences,
+    control bytes) and of embedding rows past the tokenizer, so a random model's sampled output reads as
+    printable text instead of replacement characters. Special tokens (BOS/EOS) are left as they are."""
+    special = {tok.token_to_id(BOS_TOKEN), tok.token_to_id(EOS_TOKEN)}
+    n_tok = tok.get_vocab_size()
+    quiet = [i for i in range(cfg.vocab_size)
+             if i not in special and (i >= n_tok or not _readable(tok.decode([i], skip_special_tokens=False)))]
+    name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+    weights[name][quiet] *= UNREADABLE_TOKEN_SCALE
+
+
 def make_tiny_model(directory: str | os.PathLike, config: TinyModelConfig | None = None) -> Path:
     """Write a random-weight ``LlamaForCausalLM`` checkpoint (HF format) into ``directory``."""
     from safetensors.torch import save_file
@@ -146,7 +166,9 @@ def make_tiny_model(directory: str | os.PathLike, config: TinyModelConfig | None
             indent=2,
         )
     )
-    save_file(_random_weights(cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
+    weights = _random_weights(cfg)
+    _quiet_unreadable_tokens(weights, tok, cfg)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
 
