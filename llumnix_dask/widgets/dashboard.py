@@ -105,21 +105,15 @@ def scheduler_snapshot(scheduler: Any) -> dict | None:
 
 def llumnix_doc(scheduler: Any, extra: dict, doc: Any) -> None:
     """Bokeh document function of the ``/llumnix`` page (with the Dask navigation bar)."""
-    from distributed.dashboard.components import add_periodic_callback
-    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+    from distributed.dashboard.components.scheduler import env
 
-    page = LlumnixDashboard(lambda: scheduler_snapshot(scheduler))
-    page.update()
-    add_periodic_callback(doc, page, UPDATE_INTERVAL_MS)
-    doc.add_root(page.root)
-    doc.title = "Dask: Llumnix"
+    individual_llumnix_doc(scheduler, extra, doc)
     doc.template = env.get_template("simple.html")
     doc.template_variables.update(extra)
-    doc.theme = BOKEH_THEME
 
 
 def individual_llumnix_doc(scheduler: Any, extra: dict, doc: Any) -> None:
-    """The same page without the navigation bar, for dask-labextension panes."""
+    """The page without the navigation bar, for dask-labextension panes."""
     from distributed.dashboard.components import add_periodic_callback
     from distributed.dashboard.components.scheduler import BOKEH_THEME
 
