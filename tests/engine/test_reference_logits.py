@@ -17,6 +17,11 @@ transformers = pytest.importorskip("transformers")
 ATOL = 2e-4
 
 
+def assert_close_cpu(actual: torch.Tensor, expected: torch.Tensor, **kw) -> None:
+    """The engine may run on CUDA (device "auto"); the dense reference runs on the CPU."""
+    torch.testing.assert_close(actual.cpu(), expected.cpu(), **kw)
+
+
 def hf_logits(model_dir: str, tokens: list[int]) -> torch.Tensor:
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.inference_mode():
@@ -33,8 +38,8 @@ def test_prefill_logits_match_dense_reference(request, which):
     with torch.inference_mode():
         batch = build_forward_batch(chunks, engine.block_size, engine.device, all_logits=True)
         logits = engine.model.forward(batch, engine.cache)
-    torch.testing.assert_close(logits[:37], hf_logits(model_dir, p1), atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(logits[37:], hf_logits(model_dir, p2), atol=ATOL, rtol=1e-4)
+    assert_close_cpu(logits[:37], hf_logits(model_dir, p1), atol=ATOL, rtol=1e-4)
+    assert_close_cpu(logits[37:], hf_logits(model_dir, p2), atol=ATOL, rtol=1e-4)
 
 
 def test_engine_logits_match_reference_for_prefill_and_32_decode_steps(small_model):
@@ -50,7 +55,7 @@ def test_engine_logits_match_reference_for_prefill_and_32_decode_steps(small_mod
         captured = torch.stack(engine.captured_logits[r.request_id])
         assert captured.shape[0] == 33  # 1 after prefill + 32 decode steps
         ref = hf_logits(small_model, r.all_token_ids[:-1])[r.num_prompt_tokens - 1 :]
-        torch.testing.assert_close(captured, ref, atol=ATOL, rtol=1e-4)
+        assert_close_cpu(captured, ref, atol=ATOL, rtol=1e-4)
         assert r.output_token_ids == ref.argmax(-1).tolist()  # greedy picks the reference's argmax
 
 
@@ -82,7 +87,7 @@ def test_qwen2_style_attention_bias_matches_reference(small_model, tmp_path):
     while engine.has_work():
         engine.step()
     ref = hf_logits(model_dir, req.all_token_ids[:-1])[req.num_prompt_tokens - 1 :]
-    torch.testing.assert_close(torch.stack(engine.captured_logits["q"]), ref, atol=ATOL, rtol=1e-4)
+    assert_close_cpu(torch.stack(engine.captured_logits["q"]), ref, atol=ATOL, rtol=1e-4)
 
 
 def test_sharded_checkpoint_loads_like_single_file(small_model, tmp_path):
@@ -138,9 +143,9 @@ def test_rope_scaling_matches_reference(small_model, tmp_path, scaling):
     while engine.has_work():
         engine.step()
     ref = hf_logits(str(dst), req.all_token_ids[:-1])[req.num_prompt_tokens - 1 :]
-    torch.testing.assert_close(torch.stack(engine.captured_logits["r"]), ref, atol=ATOL, rtol=1e-4)
+    assert_close_cpu(torch.stack(engine.captured_logits["r"]), ref, atol=ATOL, rtol=1e-4)
     plain = make_engine(small_model)
     plain.capture_logits = True
     plain.add_request(new_request(prompt(70, 9), "r", max_tokens=1))
     plain.step()
-    assert not torch.allclose(plain.captured_logits["r"][0], ref[0], atol=1e-2)  # scaling changed the result
+    assert not torch.allclose(plain.captured_logits["r"][0].cpu(), ref[0].cpu(), atol=1e-2)  # scaling changed the result
