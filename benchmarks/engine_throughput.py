@@ -155,7 +155,7 @@ class HFRunner:
             def __call__(self, input_ids, scores, **kwargs):
                 _sync()
                 times.append(_now())
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         t0 = _now()
         with torch.inference_mode():
