@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--max-output", type=int, default=256)
     parser.add_argument("--num-blocks", type=int, default=64, help="KV blocks (16 tokens) per instance")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="engine device: auto (CUDA if visible), cpu, cuda")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--side-by-side", action="store_true",
                         help="three clusters replaying at the same time (same background load for all; needs "
@@ -154,7 +155,7 @@ def main() -> None:
         trace = generate_trace(args.trace, args.requests, args.rate, arrival="gamma", cv=args.cv, seed=args.seed)
         trace = scale_trace_lengths(trace, args.max_input, args.max_output, args.length_scale)
     print(f"trace: {trace.describe()}")
-    engine = EngineConfig(num_blocks=args.num_blocks, max_batch_size=32, max_batched_tokens=512)
+    engine = EngineConfig(num_blocks=args.num_blocks, max_batch_size=32, max_batched_tokens=512, device=args.device)
     rows, per_request = [], {}
     if not args.side_by_side:
         with Cluster(args.instances, engine=engine, dashboard_address=None) as cluster:
