@@ -191,9 +191,18 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         plan = PlannedMigration(src, dst_rec, request_id, "forced by the user")
         return await self._run_migration(plan)
 
-    async def abort(self, request_id: str) -> dict:
-        """Forward an abort to the instance that holds the request now (it may have migrated)."""
-        iid = self.core.request_locations.pop(request_id, None)
+    async def abort(self, request_id: str, instance_id: str | None = None, survivor: str | None = None) -> dict:
+        """Forward an abort to the instance that holds the request now (it may have migrated).
+
+        With ``instance_id``: stop only the copy on that instance (a duplicate the frontend found); the
+        request lives on at ``survivor``.
+        """
+        if instance_id is not None:
+            if survivor in self.core.instances and self.core.request_locations.get(request_id) == instance_id:
+                self.core.request_locations[request_id] = survivor
+            iid = instance_id
+        else:
+            iid = self.core.request_locations.pop(request_id, None)
         rec = self.core.instances.get(iid) if iid else None
         if rec is None:
             return {"status": "OK", "found": False}

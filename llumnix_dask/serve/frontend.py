@@ -85,6 +85,7 @@ class RequestHandle:
     text_parts: list[str] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
     instances: list[str] = field(default_factory=list)
+    dropped_copies: set[str] = field(default_factory=set)  # instances told to drop a duplicate copy
     finished: bool = False
     finish_reason: str | None = None
     error: str | None = None
@@ -294,6 +295,8 @@ class Frontend:
             handle = self._active.get(msg["rid"])
             if handle is None:
                 continue  # aborted, failed, or a duplicate after completion
+            if handle.dropped_copies and msg.get("inst") in handle.dropped_copies:
+                continue  # the end of a duplicate copy we stopped (its "abort" must not end the request)
             handle.last_progress = time.monotonic()
             if "error" in msg:
                 self._fail(handle, f"instance {msg.get('inst')}: {msg['error']}")
@@ -310,7 +313,8 @@ class Frontend:
         start, ids = msg["i"], msg["ids"]
         skip = handle.next_index - start
         if skip >= len(ids) and not (msg["done"] and skip == len(ids)):
-            return  # already delivered (duplicate across a migration)
+            self._drop_duplicate_copy(handle, msg.get("inst"))
+            return  # already delivered
         new_ids = ids[skip:] if skip > 0 else ids
         text = msg["text"] if skip <= 0 else self._decode(new_ids)
         inst = msg.get("inst")
@@ -328,6 +332,29 @@ class Frontend:
         if finished:
             self._active.pop(handle.request_id, None)
             self._record_finished(handle)
+
+    def _drop_duplicate_copy(self, handle: RequestHandle, inst: str | None) -> None:
+        """Tokens the client already has, from another instance than the one it follows: a second live copy.
+
+        That happens when a migration's commit reached the destination but its answer did not reach the source
+        (which then resumed the request) and the source's abort could not reach the destination either. Both
+        copies yield the same tokens (sampling is a pure function of seed and position), so the client never
+        sees the difference; the copy that is behind is stopped so it frees its instance.
+        """
+        follow = handle.instances[-1] if handle.instances else None
+        if not inst or inst == follow or inst in handle.dropped_copies or self.server is None:
+            return
+        handle.dropped_copies.add(inst)
+        logger.warning("request %s runs on %s and %s; stopping the copy on %s", handle.request_id, follow, inst, inst)
+        task = asyncio.ensure_future(self._abort_copy(handle.request_id, inst, follow))
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _abort_copy(self, request_id: str, instance_id: str, survivor: str | None) -> None:
+        try:
+            await self.scheduler.llumnix_abort(request_id=request_id, instance_id=instance_id, survivor=survivor)
+        except Exception as exc:  # the instance or scheduler may be gone: the copy then dies with it
+            logger.debug("stopping the copy of %s on %s failed: %s", request_id, instance_id, exc)
 
     def _decode(self, ids: list[int]) -> str:
         try:
