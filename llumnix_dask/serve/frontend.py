@@ -336,17 +336,25 @@ class Frontend:
     def _drop_duplicate_copy(self, handle: RequestHandle, inst: str | None) -> None:
         """Tokens the client already has, from another instance than the one it follows: a second live copy.
 
-        That happens when a migration's commit reached the destination but its answer did not reach the source
-        (which then resumed the request) and the source's abort could not reach the destination either. Both
-        copies yield the same tokens (sampling is a pure function of seed and position), so the client never
-        sees the difference; the copy that is behind is stopped so it frees its instance.
+        That happens when a migration's commit reached the destination but its answer did not reach the source,
+        which then resumed the request (and could not reach the destination to undo the commit, or did so only
+        after the destination had streamed some tokens). Both copies yield the same tokens (sampling is a pure
+        function of seed and position), so the client never sees the difference. The copy that stays is the
+        source's, as in the migration protocol and the scheduler's records: the one on the instance the request
+        joined last is stopped, and whatever it still sends is ignored.
         """
         follow = handle.instances[-1] if handle.instances else None
-        if not inst or inst == follow or inst in handle.dropped_copies or self.server is None:
+        if not inst or not follow or inst == follow or self.server is None:
             return
-        handle.dropped_copies.add(inst)
-        logger.warning("request %s runs on %s and %s; stopping the copy on %s", handle.request_id, follow, inst, inst)
-        task = asyncio.ensure_future(self._abort_copy(handle.request_id, inst, follow))
+        if inst in handle.dropped_copies or follow in handle.dropped_copies:
+            return  # already settled; the surviving copy is catching up
+        first = {}
+        for i, name in enumerate(handle.instances):
+            first.setdefault(name, i)
+        victim, survivor = (inst, follow) if first.get(inst, len(first) + 1) > first[follow] else (follow, inst)
+        handle.dropped_copies.add(victim)
+        logger.warning("request %s runs on %s and %s; stopping the copy on %s", handle.request_id, follow, inst, victim)
+        task = asyncio.ensure_future(self._abort_copy(handle.request_id, victim, survivor))
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 

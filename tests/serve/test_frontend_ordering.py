@@ -70,25 +70,45 @@ class _FrontendWithScheduler(Frontend):
 
 
 def test_a_second_live_copy_is_stopped_and_its_abort_does_not_end_the_request():
-    """A migration whose commit ack was lost leaves the request running on both instances: the client sees
-    every token once, the copy that is behind is told to stop, and its closing "abort" message is ignored."""
+    """A migration whose commit ack was lost leaves the request running on both instances: the source resumed
+    its copy (the one the protocol keeps) while the destination had already streamed ahead. The client sees
+    every token once, the destination's copy is told to stop, and its closing "abort" message is ignored."""
 
     async def scenario():
         fe = _FrontendWithScheduler("tcp://127.0.0.1:1")
         handle = RequestHandle(Request.new([1, 2], SamplingParams(max_tokens=5), request_id="r"), asyncio.Queue())
         fe._active["r"] = handle
         fe.server, fe.scheduler = object(), _Scheduler()  # "started"
-        fe._on_tokens([msg(0, [10]), msg(1, [11], inst="b")])  # migrated to b
-        fe._on_tokens([msg(1, [11], inst="a")])  # ... but a resumed its own copy too: a is told to stop
-        fe._on_tokens([msg(2, [12], inst="a")])  # whatever the stopped copy still sends is ignored
+        fe._on_tokens([msg(0, [10]), msg(1, [11], inst="b"), msg(2, [12], inst="b")])  # migrated to b
+        fe._on_tokens([msg(1, [11], inst="a")])  # ... but a resumed its own copy: b's copy is told to stop
+        fe._on_tokens([msg(3, [13], inst="b")])  # whatever the stopped copy still sends is ignored
         await asyncio.sleep(0)
-        fe._on_tokens([{"rid": "r", "i": 3, "ids": [], "text": "", "done": True, "reason": "abort", "inst": "a"}])
+        fe._on_tokens([{"rid": "r", "i": 4, "ids": [], "text": "", "done": True, "reason": "abort", "inst": "b"}])
         assert not handle.finished
-        fe._on_tokens([msg(2, [12], inst="b"), msg(3, [13], inst="b"), msg(4, [14], inst="b", done=True)])
+        fe._on_tokens([msg(2, [12], inst="a"), msg(3, [13], inst="a"), msg(4, [14], inst="a", done=True)])
         return handle, fe.scheduler.calls
 
     handle, calls = asyncio.run(scenario())
     chunks = drain(handle)
     assert [t for c in chunks for t in c.token_ids] == [10, 11, 12, 13, 14] and chunks[-1].finished
-    assert handle.finish_reason == "length" and handle.instances == ["a", "b"]
-    assert calls == [{"request_id": "r", "instance_id": "a", "survivor": "b"}]
+    assert handle.finish_reason == "length" and handle.instances == ["a", "b", "a"]
+    assert calls == [{"request_id": "r", "instance_id": "b", "survivor": "a"}]
+
+
+def test_a_late_destination_copy_is_stopped_too():
+    """The other order: the source resumed and stays ahead; the destination's copy lags and is stopped."""
+
+    async def scenario():
+        fe = _FrontendWithScheduler("tcp://127.0.0.1:1")
+        handle = RequestHandle(Request.new([1, 2], SamplingParams(max_tokens=3), request_id="r"), asyncio.Queue())
+        fe._active["r"] = handle
+        fe.server, fe.scheduler = object(), _Scheduler()
+        fe._on_tokens([msg(0, [10]), msg(1, [11])])
+        fe._on_tokens([msg(1, [11], inst="b")])  # b never got ahead: all it sends is known
+        await asyncio.sleep(0)
+        fe._on_tokens([msg(2, [12], inst="a", done=True)])
+        return handle, fe.scheduler.calls
+
+    handle, calls = asyncio.run(scenario())
+    assert [t for c in drain(handle) for t in c.token_ids] == [10, 11, 12] and handle.finish_reason == "length"
+    assert calls == [{"request_id": "r", "instance_id": "b", "survivor": "a"}]
