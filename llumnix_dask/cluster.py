@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import html
 import logging
 import queue
 import time
 from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
 
+from llumnix_dask.cluster_views import ClusterViews
 from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig, worker_dask_config
 from llumnix_dask.request import Priority, SamplingParams
 from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk
@@ -59,7 +59,7 @@ def _keep_worker_heaps() -> None:
         dask.config.set(ours)
 
 
-class Cluster:
+class Cluster(ClusterViews):
     """A Llumnix cluster of engine instances on Dask.
 
     Parameters: ``n_instances`` engine instances (one Dask worker each; one GPU each when there are
@@ -375,69 +375,6 @@ class Cluster:
             self._autoscaler = asyncio.run_coroutine_threadsafe(autoscale_loop(self), self._loop)
         return policy
 
-    # -- introspection -------------------------------------------------------------------------------
-    @property
-    def policy(self) -> PolicyConfig:
-        return PolicyConfig(**self._scheduler_call("llumnix_get_policy"))
-
-    def set_policy(self, **knobs: Any) -> PolicyConfig:
-        """Change scheduler knobs live, e.g. ``set_policy(dispatch="infaas", migration_enabled=False)``."""
-        reply = self._scheduler_call("llumnix_set_policy", updates=knobs)
-        if reply.get("status") != "OK":
-            raise ValueError(reply.get("error"))
-        return PolicyConfig(**reply["policy"])
-
-    def instances(self) -> Any:
-        """One row per instance: load, KV usage, freeness, draining / migrating flags."""
-        import pandas as pd
-
-        rows = self._instance_rows()
-        frame = pd.DataFrame(rows)
-        return frame.set_index("instance_id") if rows else frame
-
-    def migrations(self, n: int | None = None) -> Any:
-        """The migration log (newest last) as a DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame(self._scheduler_call("llumnix_migrations", n=n))
-
-    def explain(self, n: int = 20, kind: str | None = None) -> Any:
-        """The last ``n`` scheduler decisions (dispatch, migration, scaling, drain) with their reasons."""
-        import pandas as pd
-
-        return pd.DataFrame(self._scheduler_call("llumnix_explain", n=n, kind=kind))
-
-    def snapshot(self) -> dict:
-        """The scheduler's plain-dict snapshot (see ``GlobalScheduler.snapshot``)."""
-        return self._scheduler_call("llumnix_snapshot")
-
-    def migrate(self, request_id: str, dst: str | None = None) -> dict:
-        """Live-migrate a running request now (to ``dst`` or the freest other instance)."""
-        return self._scheduler_call("llumnix_migrate", request_id=request_id, dst=dst)
-
-    def panel(self) -> Any:
-        """An ipywidgets control panel of the scheduler's knobs; changes apply live (see ``widgets.panel``)."""
-        from llumnix_dask.widgets.panel import cluster_panel
-
-        return cluster_panel(self)
-
-    def live_view(self, interval_s: float = 0.5, max_duration_s: float | None = None) -> Any:
-        """An inline notebook view of instances and migrations, refreshed every ``interval_s`` seconds."""
-        from llumnix_dask.widgets.live_view import LiveView
-
-        return LiveView(self.snapshot, interval_s=interval_s, max_duration_s=max_duration_s)
-
-    @property
-    def scheduler_address(self) -> str:
-        return self.client.scheduler.address
-
-    @property
-    def dashboard_link(self) -> str | None:
-        try:
-            return self.client.dashboard_link
-        except Exception:
-            return None
-
     # -- lifecycle -----------------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -462,33 +399,3 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<llumnix Cluster: {len(self._instance_rows())} instances, scheduler {self.scheduler_address}>"
-
-    def _repr_html_(self) -> str:
-        rows = self._instance_rows()
-        try:
-            policy = self._scheduler_call("llumnix_get_policy")
-        except Exception:
-            policy = {}
-        link = self.dashboard_link
-        head = (
-            f"<h4>llumnix-dask Cluster</h4><p>{len(rows)} instances &middot; backend "
-            f"<b>{html.escape(self.engine_config.backend)}</b> &middot; model "
-            f"<b>{html.escape(self.engine_config.model or 'built-in tiny model')}</b> &middot; dispatch "
-            f"<b>{html.escape(str(policy.get('dispatch', '?')))}</b>, migration "
-            f"<b>{'on' if policy.get('migration_enabled') else 'off'}</b></p>"
-            f"<p>scheduler <code>{html.escape(self.scheduler_address)}</code>"
-            + (f" &middot; <a href='{html.escape(link)}' target='_blank'>Dask dashboard</a>" if link else "")
-            + "</p>"
-        )
-        cols = ["instance_id", "device", "num_running", "num_waiting", "kv_usage", "freeness", "terminating"]
-        table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
-        for row in rows:
-            cells = []
-            for c in cols:
-                v = row.get(c, "")
-                cells.append(f"<td>{v:.2f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
-            table += "<tr>" + "".join(cells) + "</tr>"
-        return head + table + "</table>"

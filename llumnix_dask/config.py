@@ -318,6 +318,41 @@ class ServeConfig:
         _check_positive(self, "load_report_interval_s")
 
 
+def _coerce_policy_value(current: PolicyConfig, name: str, value: Any) -> Any:
+    """Knob values arrive as JSON / CLI strings; convert them to the field's type first."""
+    old = getattr(current, name)
+    if isinstance(old, bool) and isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"PolicyConfig.{name}: expected a boolean, got {value!r}")
+    if isinstance(old, bool):
+        return bool(value)
+    if isinstance(old, int) and isinstance(value, (str, float)):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"PolicyConfig.{name}: expected an integer, got {value!r}") from None
+    if isinstance(old, float) and isinstance(value, (str, int)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"PolicyConfig.{name}: expected a number, got {value!r}") from None
+    return value
+
+
+def updated_policy(current: PolicyConfig, updates: dict[str, Any]) -> PolicyConfig:
+    """A validated copy of ``current`` with ``updates`` applied; ValueError names a bad or unknown field."""
+    names = {f.name for f in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(updates) - names)
+    if unknown:
+        raise ValueError(f"PolicyConfig: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    coerced = {k: _coerce_policy_value(current, k, v) for k, v in updates.items()}
+    return dataclasses.replace(current, **coerced)
+
+
 # Environment of engine worker processes, set before the Nanny spawns them (glibc reads it at start-up).
 # Dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) hands freed memory back to the OS at once, so every received
 # KV staging frame (>= 16 MB) lands in fresh pages that fault in; keeping freed buffers in the heap made

@@ -21,7 +21,7 @@ policy is one that never migrates (infaas, round_robin, random).
 
 Request selection (``request_selection``), over the source's requests that are not migrating and whose
 blocks fit in the destination's free blocks (queued requests have no KV: moving them is cheap, they
-count with their demand):
+count with their demand, which must fit beside the demand of the destination's own queue):
 
 * ``SR`` shortest running request (fewest tokens) - least to copy, the default;
 * ``LR`` longest running request (most tokens) - frees the most memory;
@@ -102,8 +102,11 @@ def select_request(src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig) -
     Needs ``src.running`` / ``src.waiting`` filled in (build it with ``InstanceLoad.from_requests``).
     """
     room = dst.free_blocks
+    # A queued request that moves starts at once only if it fits beside what the destination's own queue
+    # already needs; otherwise it would only wait there instead (and bounce on at a later tick).
+    queue_room = room - dst.waiting_demand_blocks
     running = [r for r in src.running if not r.migrating and r.blocks <= room]
-    waiting = [r for r in src.waiting if not r.migrating and r.blocks <= room]
+    waiting = [r for r in src.waiting if not r.migrating and r.blocks <= queue_room]
     if config.priorities_enabled:
         # The headroom of a high-priority request is there to push the *other* requests away: move normal
         # requests first, a high-priority one only when nothing else is eligible.

@@ -17,7 +17,7 @@ __all__ = ["GlobalSchedulerPlugin", "PLUGIN_NAME", "dask_setup", "policy_from_da
 def policy_from_dask_config() -> PolicyConfig:
     import dask
 
-    from llumnix_dask.scheduler.core import updated_policy
+    from llumnix_dask.config import updated_policy
 
     return updated_policy(PolicyConfig(), dict(dask.config.get("llumnix.policy", default={}) or {}))
 

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from llumnix_dask.config import PolicyConfig
+from llumnix_dask.config import PolicyConfig, updated_policy
 from llumnix_dask.policy import dispatch as dispatch_policy
 from llumnix_dask.policy import migration as migration_policy
 from llumnix_dask.policy import scaling as scaling_policy
@@ -72,41 +72,6 @@ class PlannedMigration:
     dst: InstanceRecord
     request_id: str | None  # None: the source llumlet picks with the request-selection policy
     reason: str
-
-
-def _coerce_policy_value(current: PolicyConfig, name: str, value: Any) -> Any:
-    """Knob values arrive as JSON / CLI strings; convert them to the field's type first."""
-    old = getattr(current, name)
-    if isinstance(old, bool) and isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"PolicyConfig.{name}: expected a boolean, got {value!r}")
-    if isinstance(old, bool):
-        return bool(value)
-    if isinstance(old, int) and isinstance(value, (str, float)):
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"PolicyConfig.{name}: expected an integer, got {value!r}") from None
-    if isinstance(old, float) and isinstance(value, (str, int)):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"PolicyConfig.{name}: expected a number, got {value!r}") from None
-    return value
-
-
-def updated_policy(current: PolicyConfig, updates: dict[str, Any]) -> PolicyConfig:
-    """A validated copy of ``current`` with ``updates`` applied; ValueError names a bad or unknown field."""
-    names = {f.name for f in dataclasses.fields(PolicyConfig)}
-    unknown = sorted(set(updates) - names)
-    if unknown:
-        raise ValueError(f"PolicyConfig: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    coerced = {k: _coerce_policy_value(current, k, v) for k, v in updates.items()}
-    return dataclasses.replace(current, **coerced)
 
 
 def _describe(reason: Any) -> str:
@@ -272,6 +237,9 @@ class GlobalScheduler:
                 if req is None:
                     continue
                 chosen = req.request_id
+                # Count it on the destination at once, as a dispatch does, so that requests dispatched
+                # before the destination's next load report do not take the room it is moving into.
+                self._set_load(dst, with_dispatched(dst.load, req))
             elif src.load.num_requests == 0:
                 continue
             idle.discard(pair.src)

@@ -82,6 +82,14 @@ def test_selection_skips_migrating_and_requests_that_do_not_fit():
     assert pick("SR", InstanceLoad("s", 100, 0), DST) is None
 
 
+def test_a_queued_request_moves_only_where_it_can_start_beside_the_destination_queue():
+    # 40 free blocks, but the destination's own queue already needs 20 of them: q1 (30) would only wait there.
+    dst = InstanceLoad.from_requests("d", 100, 60, waiting=(RequestLoad("dq", 20, num_tokens=320),))
+    assert dst.free_blocks == 40 and dst.waiting_demand_blocks == 20
+    assert pick("FCW", SRC, dst) == "q2"  # the first queued request that can start there
+    assert pick("FCW", SRC, InstanceLoad("d", 100, 60)) == "q1"  # no queue there: the head of line moves
+
+
 def test_selection_moves_normal_requests_before_high_priority_ones():
     from llumnix_dask.request import Priority
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from llumnix_dask.config import PolicyConfig
+from llumnix_dask.config import PolicyConfig, updated_policy
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad
-from llumnix_dask.scheduler.core import GlobalScheduler, NoInstanceAvailable, updated_policy
+from llumnix_dask.scheduler.core import GlobalScheduler, NoInstanceAvailable
 from llumnix_dask.scheduler.stats import FinishedRequest, percentile
 
 
@@ -88,6 +88,15 @@ def test_one_migration_at_a_time_per_instance():
     assert gs.request_locations[p.request_id] == p.dst.instance_id
     assert gs.migration_log[-1]["downtime_s"] == 0.02
     assert gs.snapshot()["counters"]["migrations"] == 1
+
+
+def test_a_planned_migration_counts_on_the_destination_before_its_next_load_report():
+    # c and d look alike; a migration into c is planned, so a dispatch that comes before c reports goes to d.
+    gs = make(busy("a"), idle("c"), idle("d"))
+    plans = gs.plan_migrations()
+    assert [(p.src.instance_id, p.dst.instance_id) for p in plans] == [("a", "c")]
+    assert gs.instances["c"].load.waiting_demand_blocks == 45  # the moving request (SR: a-a, 45 blocks)
+    assert gs.dispatch(RequestLoad("r", 40)).instance_id == "d"
 
 
 def test_choose_to_drain_keeps_one_instance():
