@@ -72,10 +72,35 @@ def encode_buffer(buffer: torch.Tensor) -> dict[str, Any]:
         # Engines without tensors (the sim backend) export a small descriptor: it travels as it is.
         return {"object": _wire(buffer)}
     flat = buffer.detach().contiguous()
-    if flat.device.type != "cpu":
+    if flat.device.type == "cuda":
+        flat = _to_host(flat)
+    elif flat.device.type != "cpu":
         flat = flat.cpu()
     raw = flat.reshape(-1).view(torch.uint8).numpy()  # bfloat16 has no numpy dtype; bytes always do
     return {"dtype": str(flat.dtype).removeprefix("torch."), "shape": list(flat.shape), "data": to_serialize(raw)}
+
+
+_COPY_STREAMS: dict[int, Any] = {}
+
+
+def _to_host(buffer: torch.Tensor) -> torch.Tensor:
+    """GPU -> pinned host copy on a side stream of the buffer's device.
+
+    A plain ``.cpu()`` copies on the current stream, so the engine's next decode steps (queued on that stream
+    by its step thread) would wait behind the whole transfer; on the side stream they run while it copies.
+    The copy waits (on the GPU) for what the current stream holds now: the gather that made ``buffer``.
+    """
+    device = buffer.device
+    stream = _COPY_STREAMS.get(device.index)
+    if stream is None:
+        stream = _COPY_STREAMS[device.index] = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    host = torch.empty(buffer.shape, dtype=buffer.dtype, pin_memory=True)
+    with torch.cuda.stream(stream):
+        host.copy_(buffer, non_blocking=True)
+    buffer.record_stream(stream)  # the allocator must not reuse it before the copy ends
+    stream.synchronize()
+    return host
 
 
 def decode_buffer(message: dict[str, Any]) -> Any:
