@@ -27,8 +27,9 @@ from llumnix_dask.config import PolicyConfig, updated_policy
 from llumnix_dask.policy import dispatch as dispatch_policy
 from llumnix_dask.policy import migration as migration_policy
 from llumnix_dask.policy import scaling as scaling_policy
-from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness, virtual_usage, with_dispatched
+from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness, with_dispatched
 from llumnix_dask.request import Priority
+from llumnix_dask.scheduler import views
 from llumnix_dask.scheduler.stats import CountHistory, FinishedRequest, LatencyWindow
 
 NoInstanceAvailable = dispatch_policy.NoInstanceAvailable
@@ -49,6 +50,8 @@ class InstanceRecord:
     migrating: bool = False  # a migration this scheduler ordered is under way (as source or destination)
     last_report: float = 0.0
     freeness: float = 0.0  # of ``load`` under the current policy, kept up to date by the scheduler
+    # Requests sent here (dispatched or migrating in) that its load reports do not show yet: id -> (load, when).
+    pending: dict[str, tuple[RequestLoad, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ def _describe(reason: Any) -> str:
         return ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in reason.items())
     return str(reason)
 
+
+# How long a request sent to an instance counts there without showing up in its load reports (seconds).
+PENDING_TTL_S = 1.0
 
 # Normal-priority freeness dispatch only ever picks among the freest instances, so the policy is run on a
 # shortlist of this many (by cached freeness) instead of on every instance: same decision, less work.
@@ -148,8 +154,25 @@ class GlobalScheduler:
             return
         if rec.terminating and not load.terminating:
             load = dataclasses.replace(load, terminating=True)
+        now = self.clock()
+        if rec.pending:
+            load = self._with_pending(rec, load, now)
         self._set_load(rec, load)
-        rec.last_report = self.clock()
+        rec.last_report = now
+
+    def _with_pending(self, rec: InstanceRecord, load: InstanceLoad, now: float) -> InstanceLoad:
+        """A report taken before requests sent here arrived would undo their accounting: keep counting them
+        until a report lists them (or PENDING_TTL_S passes: they were refused or finished unseen)."""
+        if load.num_requests and not (load.running or load.waiting):
+            rec.pending.clear()  # a summary report: nothing to match against
+            return load
+        seen = {r.request_id for r in load.running} | {r.request_id for r in load.waiting}
+        for rid, (req, since) in list(rec.pending.items()):
+            if rid in seen or now - since > PENDING_TTL_S:
+                del rec.pending[rid]
+            else:
+                load = with_dispatched(load, req)
+        return load
 
     def _set_load(self, rec: InstanceRecord, load: InstanceLoad) -> None:
         rec.load = load
@@ -181,6 +204,7 @@ class GlobalScheduler:
         self.dispatch_state.record(rec.instance_id)
         # Count the request on our copy at once, so a burst between two load reports spreads out.
         self._set_load(rec, with_dispatched(rec.load, request))
+        rec.pending[request.request_id] = (request, self.clock())
         rec.dispatched += 1
         self.num_dispatched += 1
         self.request_locations[request.request_id] = rec.instance_id
@@ -205,7 +229,9 @@ class GlobalScheduler:
         return [r.load for r in recs]
 
     def request_finished(self, item: FinishedRequest) -> None:
-        self.request_locations.pop(item.request_id, None)
+        iid = self.request_locations.pop(item.request_id, None)
+        if iid in self.instances:
+            self.instances[iid].pending.pop(item.request_id, None)
         self.latency.add(item)
 
     # -- migration -----------------------------------------------------------------------------------
@@ -240,6 +266,7 @@ class GlobalScheduler:
                 # Count it on the destination at once, as a dispatch does, so that requests dispatched
                 # before the destination's next load report do not take the room it is moving into.
                 self._set_load(dst, with_dispatched(dst.load, req))
+                dst.pending[req.request_id] = (req, self.clock())
             elif src.load.num_requests == 0:
                 continue
             idle.discard(pair.src)
@@ -257,6 +284,8 @@ class GlobalScheduler:
         for iid in (src_id, dst_id):
             if iid in self.instances:
                 self.instances[iid].migrating = False
+        if not ok and dst_id in self.instances and request_id is not None:
+            self.instances[dst_id].pending.pop(request_id, None)  # it stays on the source
         entry = {
             "time": self.clock(),
             "request_id": request_id,
@@ -345,63 +374,12 @@ class GlobalScheduler:
         return [d.as_dict() for d in items[-n:]]
 
     def instance_rows(self) -> list[dict]:
-        rows = []
-        for rec in self.instances.values():
-            load = rec.load
-            rows.append(
-                {
-                    "instance_id": rec.instance_id,
-                    "address": rec.address,
-                    "name": rec.name,
-                    "num_running": load.num_running,
-                    "num_waiting": load.num_waiting,
-                    "used_blocks": load.used_blocks,
-                    "total_blocks": load.total_blocks,
-                    "kv_usage": load.used_blocks / load.total_blocks if load.total_blocks else 0.0,
-                    "virtual_usage": virtual_usage(load, self.policy),
-                    "freeness": freeness(load, self.policy),
-                    "num_high_priority": load.num_high_priority,
-                    "num_preemptions": load.num_preemptions,
-                    "terminating": rec.terminating,
-                    "migrating": rec.migrating or load.migrating,
-                    "dispatched": rec.dispatched,
-                    "last_report": rec.last_report,
-                    **{k: v for k, v in rec.info.items() if k in ("backend", "model", "device")},
-                }
-            )
-        return rows
+        """One plain-dict row per instance (see :func:`llumnix_dask.scheduler.views.instance_rows`)."""
+        return views.instance_rows(self)
 
     def snapshot(self, n_migrations: int = 50, n_decisions: int = 20) -> dict:
-        """Everything a dashboard needs, as a plain dict of plain values.
-
-        Keys: ``time``; ``policy`` (the PolicyConfig as a dict); ``instances`` (list of rows, see
-        :meth:`instance_rows`: ids, address, running/waiting counts, blocks, kv_usage, virtual_usage,
-        freeness, terminating, migrating, dispatched); ``migrations`` (the last ``n_migrations`` entries of the
-        migration log: time, request_id, src, dst, ok, reason, plus protocol details such as downtime_s);
-        ``latency`` (rolling TTFT/TPOT/E2E count/mean/p50/p99 seconds over the last 2,000 finished
-        requests, and SLO attainment against each request's ``slo`` or the policy's ``ttft_slo_s`` /
-        ``ttft_slo_high_s``, per priority "normal", "high" and "all"); ``instance_count`` (list of (time, count) on every change);
-        ``counters`` (dispatched, migrations, migrations_failed, finished); ``target_instances``;
-        ``decisions`` (the last ``n_decisions`` explain entries).
-        """
-        return {
-            "time": self.clock(),
-            "policy": dataclasses.asdict(self.policy),
-            "instances": self.instance_rows(),
-            "migrations": list(self.migration_log)[-n_migrations:],
-            "latency": self.latency.summary(
-                {0: getattr(self.policy, "ttft_slo_s", None), 1: getattr(self.policy, "ttft_slo_high_s", None)}
-            ),
-            "instance_count": self.instance_history.as_list(),
-            "counters": {
-                "dispatched": self.num_dispatched,
-                "migrations": self.num_migrations,
-                "migrations_failed": self.num_migrations_failed,
-                "finished": self.latency.total,
-            },
-            "target_instances": self.target_instances,
-            "decisions": self.explain(n_decisions),
-        }
+        """Everything a dashboard needs (see :func:`llumnix_dask.scheduler.views.snapshot`)."""
+        return views.snapshot(self, n_migrations, n_decisions)
 
     def _log(self, kind: str, reason: str, **kw: Any) -> None:
         self.decisions.append(Decision(self.clock(), kind, reason, **kw))

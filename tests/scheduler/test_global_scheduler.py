@@ -99,6 +99,22 @@ def test_a_planned_migration_counts_on_the_destination_before_its_next_load_repo
     assert gs.dispatch(RequestLoad("r", 40)).instance_id == "d"
 
 
+def test_a_load_report_taken_before_a_dispatch_arrived_does_not_undo_it():
+    now = [0.0]
+    gs = GlobalScheduler(PolicyConfig(), clock=lambda: now[0])
+    for iid in ("a", "b"):
+        gs.register(iid, f"tcp://{iid}:1", idle(iid), name=iid)
+    assert gs.dispatch(RequestLoad("r1", 40)).instance_id == "a"
+    gs.update_load(idle("a"))  # taken before r1 reached a
+    assert gs.instances["a"].load.waiting_demand_blocks == 40
+    assert gs.dispatch(RequestLoad("r2", 40)).instance_id == "b"  # not a second one onto a
+    gs.update_load(InstanceLoad.from_requests("a", 100, 40, running=(RequestLoad("r1", 40, num_tokens=640),)))
+    assert gs.instances["a"].load.waiting_demand_blocks == 0 and not gs.instances["a"].pending  # counted once
+    now[0] = 5.0  # r2 never showed up on b (refused there): it stops counting after a while
+    gs.update_load(idle("b"))
+    assert gs.instances["b"].load.waiting_demand_blocks == 0 and not gs.instances["b"].pending
+
+
 def test_choose_to_drain_keeps_one_instance():
     gs = make(busy("a"), idle("b"))
     assert gs.choose_to_drain(1) == ["b"]
