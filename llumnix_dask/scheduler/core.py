@@ -51,7 +51,9 @@ class InstanceRecord:
     last_report: float = 0.0
     freeness: float = 0.0  # of ``load`` under the current policy, kept up to date by the scheduler
     # Requests sent here (dispatched or migrating in) that its load reports do not show yet: id -> (load, when).
+    # ``load`` is always ``report`` (the latest report as received) with these applied.
     pending: dict[str, tuple[RequestLoad, float]] = field(default_factory=dict)
+    report: InstanceLoad | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class GlobalScheduler:
     ) -> InstanceRecord:
         now = self.clock()
         rec = InstanceRecord(instance_id, address, load, registered_at=now, name=name, info=dict(info or {}))
+        rec.report = load
         self._set_load(rec, load)
         rec.last_report = now
         self.instances[instance_id] = rec
@@ -155,24 +158,42 @@ class GlobalScheduler:
         if rec.terminating and not load.terminating:
             load = dataclasses.replace(load, terminating=True)
         now = self.clock()
+        rec.report = load
         if rec.pending:
-            load = self._with_pending(rec, load, now)
-        self._set_load(rec, load)
+            if load.num_requests and not (load.running or load.waiting):
+                rec.pending.clear()  # a summary report: nothing to match against
+            else:
+                seen = {r.request_id for r in load.running} | {r.request_id for r in load.waiting}
+                for rid in [rid for rid in rec.pending if rid in seen]:
+                    del rec.pending[rid]
+        self._refresh(rec, now)
         rec.last_report = now
 
-    def _with_pending(self, rec: InstanceRecord, load: InstanceLoad, now: float) -> InstanceLoad:
-        """A report taken before requests sent here arrived would undo their accounting: keep counting them
-        until a report lists them (or PENDING_TTL_S passes: they were refused or finished unseen)."""
-        if load.num_requests and not (load.running or load.waiting):
-            rec.pending.clear()  # a summary report: nothing to match against
-            return load
-        seen = {r.request_id for r in load.running} | {r.request_id for r in load.waiting}
+    def _refresh(self, rec: InstanceRecord, now: float) -> None:
+        """``load`` = the latest report plus the requests sent since that it does not show. A report taken
+        before they arrived would otherwise undo their accounting; they count until a report lists them, they
+        finish, or PENDING_TTL_S passes (refused, or finished unseen)."""
+        load = rec.report if rec.report is not None else rec.load
         for rid, (req, since) in list(rec.pending.items()):
-            if rid in seen or now - since > PENDING_TTL_S:
+            if now - since > PENDING_TTL_S:
                 del rec.pending[rid]
             else:
                 load = with_dispatched(load, req)
-        return load
+        if rec.terminating and not load.terminating:
+            load = dataclasses.replace(load, terminating=True)
+        self._set_load(rec, load)
+
+    def expire_pending(self) -> None:
+        """Drop pending requests past their TTL on instances that have not reported since (idle ones)."""
+        now = self.clock()
+        for rec in self.instances.values():
+            if rec.pending and any(now - since > PENDING_TTL_S for _, since in rec.pending.values()):
+                self._refresh(rec, now)
+
+    def _forget_pending(self, instance_id: str | None, request_id: str | None) -> None:
+        rec = self.instances.get(instance_id) if instance_id else None
+        if rec is not None and rec.pending.pop(request_id, None) is not None:
+            self._refresh(rec, self.clock())
 
     def _set_load(self, rec: InstanceRecord, load: InstanceLoad) -> None:
         rec.load = load
@@ -229,14 +250,13 @@ class GlobalScheduler:
         return [r.load for r in recs]
 
     def request_finished(self, item: FinishedRequest) -> None:
-        iid = self.request_locations.pop(item.request_id, None)
-        if iid in self.instances:
-            self.instances[iid].pending.pop(item.request_id, None)
+        self._forget_pending(self.request_locations.pop(item.request_id, None), item.request_id)
         self.latency.add(item)
 
     # -- migration -----------------------------------------------------------------------------------
     def plan_migrations(self) -> list[PlannedMigration]:
         """Pairs for this migration tick. Draining instances migrate out even when migration is off."""
+        self.expire_pending()  # every tick, so an idle instance's stale pending requests lapse too
         if len(self.instances) < 2:
             return []
         idle = {iid for iid, rec in self.instances.items() if not rec.migrating}
@@ -284,8 +304,8 @@ class GlobalScheduler:
         for iid in (src_id, dst_id):
             if iid in self.instances:
                 self.instances[iid].migrating = False
-        if not ok and dst_id in self.instances and request_id is not None:
-            self.instances[dst_id].pending.pop(request_id, None)  # it stays on the source
+        if not ok:
+            self._forget_pending(dst_id, request_id)  # it stays on the source
         entry = {
             "time": self.clock(),
             "request_id": request_id,

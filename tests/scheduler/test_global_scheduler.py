@@ -110,9 +110,21 @@ def test_a_load_report_taken_before_a_dispatch_arrived_does_not_undo_it():
     assert gs.dispatch(RequestLoad("r2", 40)).instance_id == "b"  # not a second one onto a
     gs.update_load(InstanceLoad.from_requests("a", 100, 40, running=(RequestLoad("r1", 40, num_tokens=640),)))
     assert gs.instances["a"].load.waiting_demand_blocks == 0 and not gs.instances["a"].pending  # counted once
-    now[0] = 5.0  # r2 never showed up on b (refused there): it stops counting after a while
-    gs.update_load(idle("b"))
+    now[0] = 5.0  # r2 never showed up on b (refused there): it stops counting after a while,
+    gs.plan_migrations()  # also on an instance that reports nothing more (idle)
     assert gs.instances["b"].load.waiting_demand_blocks == 0 and not gs.instances["b"].pending
+
+
+def test_a_request_that_finished_unseen_stops_counting_at_once():
+    # A short request can finish between two load reports; the idle instance then reports nothing more.
+    gs = GlobalScheduler(PolicyConfig(), clock=lambda: 0.0)
+    for iid in ("a", "b"):
+        gs.register(iid, f"tcp://{iid}:1", idle(iid), name=iid)
+    assert gs.dispatch(RequestLoad("r1", 4)).instance_id == "a"
+    gs.update_load(idle("a"))  # the last report before it went idle does not list r1
+    assert gs.instances["a"].load.num_waiting == 1
+    gs.request_finished(FinishedRequest("r1", priority=0, finish_time=1.0, ttft=0.1, tpot=0.01, e2e=0.2))
+    assert gs.instances["a"].load.num_waiting == 0 and gs.instances["a"].freeness == 100
 
 
 def test_choose_to_drain_keeps_one_instance():
