@@ -49,4 +49,3 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
             detokenize=tokenizer.decode if tokenizer is not None else None,
         )
     raise ValueError(f"EngineConfig.backend: backend {config.backend!r} is not implemented; use nano or sim")
-

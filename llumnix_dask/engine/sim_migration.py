@@ -108,4 +108,3 @@ class SimMigrationMixin:
             request.instance_id = self.instance_id
             request.num_migrations += 1
             request.transition(RequestStatus.RUNNING, self.now, f"migrated to {self.instance_id}")
-

@@ -45,4 +45,3 @@ class SimSeq:
 
     def token_id(self, position: int) -> int:
         return (self.token_seed * 1_000_003 + position * 7_919) % VOCAB
-

@@ -173,6 +173,10 @@ class NcclPeers:
         self._setup.pop(peer, None)
 
 
+def _all_cuda(buffers: list[Any]) -> bool:
+    return all(isinstance(b, torch.Tensor) and b.is_cuda for b in buffers)
+
+
 class NcclEndpoint(DaskEndpoint):
     """A destination on another GPU worker: control messages over Dask comm, KV blocks over NCCL.
 
@@ -185,7 +189,7 @@ class NcclEndpoint(DaskEndpoint):
         self.peers = peers
 
     async def send_blocks(self, migration_id: str, start: int | None, counts: list[int], buffers: list[Any]) -> None:
-        if not all(isinstance(b, torch.Tensor) and b.is_cuda for b in buffers):
+        if not _all_cuda(buffers):
             await super().send_blocks(migration_id, start, counts, buffers)  # a CPU engine: plain comm
             return
         lock = self.peers._setup.setdefault(f"send:{self.address}", asyncio.Lock())
@@ -195,7 +199,7 @@ class NcclEndpoint(DaskEndpoint):
     async def commit(
         self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
     ) -> bool:
-        if buffers and all(isinstance(b, torch.Tensor) and b.is_cuda for b in buffers):
+        if buffers and _all_cuda(buffers):
             # GPU tail: reserve and move it over NCCL first, then a plain commit.
             if not await self.reserve(migration_id, state.request.request_id, sum(counts)):
                 return False

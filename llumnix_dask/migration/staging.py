@@ -83,16 +83,15 @@ async def block_nbytes_async(engine: EngineBackend) -> int:
 
 def block_nbytes(engine: EngineBackend) -> int:
     """Bytes of one KV block of ``engine`` (its ``block_nbytes`` attribute, else measured once)."""
-    value = getattr(engine, "block_nbytes", None)
-    if isinstance(value, int) and value > 0:
-        return value
+    cached = cached_block_nbytes(engine)
+    if cached is not None:
+        return cached
+    measured = _nbytes(engine.export_blocks([0]))
     try:
-        cached = _BLOCK_NBYTES.get(engine)
-    except TypeError:  # not weak-referenceable: measure every time (one block, cheap)
-        return _nbytes(engine.export_blocks([0]))
-    if cached is None:
-        cached = _BLOCK_NBYTES[engine] = _nbytes(engine.export_blocks([0]))
-    return cached
+        _BLOCK_NBYTES[engine] = measured
+    except TypeError:  # not weak-referenceable: measured every time (one block, cheap)
+        pass
+    return measured
 
 
 _BLOCK_NBYTES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()

@@ -115,6 +115,13 @@ def decode_buffer(message: dict[str, Any]) -> Any:
     return flat.view(getattr(torch, message["dtype"])).reshape(message["shape"])
 
 
+async def _encode_all(buffers: list[Any]) -> list[dict[str, Any]]:
+    """Message parts for ``buffers``: CPU tensors as views (no copy); GPU ones copied to the host in a thread."""
+    if any(getattr(b, "is_cuda", False) for b in buffers):
+        return await asyncio.to_thread(lambda: [encode_buffer(b) for b in buffers])
+    return [encode_buffer(b) for b in buffers]
+
+
 def _wire(obj: Any) -> Any:
     from distributed.protocol import to_serialize
 
@@ -144,10 +151,7 @@ class DaskEndpoint:
         )
 
     async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
-        if any(getattr(b, "is_cuda", False) for b in buffers):
-            encoded = await asyncio.to_thread(lambda: [encode_buffer(b) for b in buffers])  # device -> host copy
-        else:
-            encoded = [encode_buffer(b) for b in buffers]  # views, no copy
+        encoded = await _encode_all(buffers)
         await self._remote().llumnix_migration_blocks(
             migration_id=migration_id, start=start, counts=list(counts), buffers=encoded
         )
@@ -155,10 +159,7 @@ class DaskEndpoint:
     async def commit(
         self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
     ) -> bool:
-        if any(getattr(b, "is_cuda", False) for b in buffers):
-            encoded = await asyncio.to_thread(lambda: [encode_buffer(b) for b in buffers])
-        else:
-            encoded = [encode_buffer(b) for b in buffers]
+        encoded = await _encode_all(buffers)
         return bool(
             await self._remote().llumnix_migration_commit(
                 migration_id=migration_id, state=_wire(state), counts=list(counts), buffers=encoded

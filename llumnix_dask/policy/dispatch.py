@@ -115,12 +115,11 @@ def dispatch(
     scored = [(freeness(x, view), x) for x in candidates]
     not_busy = [s for s in scored if s[0] >= config.busy_freeness]
     pool = not_busy or scored
-    key = lambda s: s[0]  # noqa: E731
     # max() keeps the first of equal keys, so ties go to the first instance in the given order.
-    best = max(pool, key=key)
+    best = max(pool, key=lambda s: s[0])
     runner_up = None
     for s in pool:
-        if s[1] is not best[1] and (runner_up is None or key(s) > key(runner_up)):
+        if s[1] is not best[1] and (runner_up is None or s[0] > runner_up[0]):
             runner_up = s
     reason = {
         "policy": policy,

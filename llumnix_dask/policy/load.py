@@ -157,8 +157,3 @@ def with_dispatched(load: InstanceLoad, request: RequestLoad) -> InstanceLoad:
         waiting=load.waiting + (request,) if load.waiting or not load.num_waiting else load.waiting,
     )
 
-
-def average_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> float:
-    """Mean freeness over the instances that are not terminating (``inf`` if there are none)."""
-    values = [freeness(x, config) for x in loads if not x.terminating]
-    return sum(values) / len(values) if values else math.inf

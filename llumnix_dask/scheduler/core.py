@@ -155,10 +155,8 @@ class GlobalScheduler:
         rec = self.instances.get(load.instance_id)
         if rec is None:
             return
-        if rec.terminating and not load.terminating:
-            load = dataclasses.replace(load, terminating=True)
         now = self.clock()
-        rec.report = load
+        rec.report = load  # a drain this report does not know of yet is kept by _refresh
         if rec.pending:
             if load.num_requests and not (load.running or load.waiting):
                 rec.pending.clear()  # a summary report: nothing to match against
@@ -189,6 +187,11 @@ class GlobalScheduler:
         for rec in self.instances.values():
             if rec.pending and any(now - since > PENDING_TTL_S for _, since in rec.pending.values()):
                 self._refresh(rec, now)
+
+    def _count_sent(self, rec: InstanceRecord, request: RequestLoad) -> None:
+        """A request is on its way to ``rec``: it counts there (pending) until a report shows it."""
+        rec.pending[request.request_id] = (request, self.clock())
+        self._set_load(rec, with_dispatched(rec.load, request))
 
     def _forget_pending(self, instance_id: str | None, request_id: str | None) -> None:
         rec = self.instances.get(instance_id) if instance_id else None
@@ -224,8 +227,7 @@ class GlobalScheduler:
         rec = self.instances[decision.instance_id]
         self.dispatch_state.record(rec.instance_id)
         # Count the request on our copy at once, so a burst between two load reports spreads out.
-        self._set_load(rec, with_dispatched(rec.load, request))
-        rec.pending[request.request_id] = (request, self.clock())
+        self._count_sent(rec, request)
         rec.dispatched += 1
         self.num_dispatched += 1
         self.request_locations[request.request_id] = rec.instance_id
@@ -285,8 +287,7 @@ class GlobalScheduler:
                 chosen = req.request_id
                 # Count it on the destination at once, as a dispatch does, so that requests dispatched
                 # before the destination's next load report do not take the room it is moving into.
-                self._set_load(dst, with_dispatched(dst.load, req))
-                dst.pending[req.request_id] = (req, self.clock())
+                self._count_sent(dst, req)
             elif src.load.num_requests == 0:
                 continue
             idle.discard(pair.src)
@@ -343,7 +344,7 @@ class GlobalScheduler:
             raise KeyError(f"unknown instance {instance_id!r}; known: {', '.join(sorted(self.instances)) or 'none'}")
         if not rec.terminating:
             rec.terminating = True
-            self._set_load(rec, dataclasses.replace(rec.load, terminating=True))
+            self._refresh(rec, self.clock())
             self._log("drain", reason, instance_id=instance_id)
         return rec
 
