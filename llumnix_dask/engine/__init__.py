@@ -28,7 +28,7 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
 
         return NanoEngine(config, instance_id)
     if config.backend == "sim":
-        from llumnix_dask.config import LatencyModel
+        from llumnix_dask.config import DEFAULT_BLOCK_SIZE, LatencyModel
         from llumnix_dask.engine.sim import VOCAB, SimEngine
         from llumnix_dask.serve.tokenizer import load_tokenizer
 
@@ -39,7 +39,7 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
         return SimEngine(
             instance_id,
             num_blocks=config.num_blocks or SIM_DEFAULT_BLOCKS,
-            block_size=config.block_size,
+            block_size=config.block_size or DEFAULT_BLOCK_SIZE,
             max_batch_size=config.max_batch_size,
             max_batched_tokens=config.max_batched_tokens,
             latency=LatencyModel(),
@@ -48,4 +48,8 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
             vocab_size=tokenizer.vocab_size if tokenizer is not None else VOCAB,
             detokenize=tokenizer.decode if tokenizer is not None else None,
         )
-    raise ValueError(f"EngineConfig.backend: backend {config.backend!r} is not implemented; use nano or sim")
+    if config.backend == "vllm":
+        from llumnix_dask.engine.vllm.engine import VllmEngine
+
+        return VllmEngine(config, instance_id)
+    raise ValueError(f"EngineConfig.backend: backend {config.backend!r} is not implemented; use nano, sim or vllm")

@@ -30,23 +30,19 @@ class _TokenizerAdapter:
 def load_tokenizer(config: EngineConfig) -> Any:
     """The model's tokenizer for frontend-side tokenization (None if the model has none).
 
-    The sim backend has no model; with none given it borrows the built-in tiny model's tokenizer so its
-    synthetic token ids read as text.
+    No model given means the built-in tiny model for every backend; the sim backend, which has no model,
+    borrows its tokenizer so that synthetic token ids read as text.
     """
-    from pathlib import Path
+    from llumnix_dask.engine.hf_files import load_tokenizer_file
 
-    if config.backend not in ("nano", "sim") and config.model is None:
-        return None
     if config.model is not None:
-        root = Path(config.model)
+        root = config.model
     else:
         from llumnix_dask.engine.nano.tiny_model import default_model_dir
 
         root = default_model_dir()
-    path = root / "tokenizer.json"
-    if not path.is_file():
+    tokenizer = load_tokenizer_file(root)
+    if tokenizer is None:
         logger.warning("model %s has no tokenizer.json; prompts must be token ids", root)
         return None
-    from tokenizers import Tokenizer
-
-    return _TokenizerAdapter(Tokenizer.from_file(str(path)))
+    return _TokenizerAdapter(tokenizer)

@@ -1,15 +1,15 @@
-"""The runnable examples in the nano engine's docstrings keep working."""
+"""The runnable examples in the engines' docstrings keep working."""
 
 import doctest
 import importlib
 
 import pytest
 
-MODULES = ["kv_cache", "sampling", "detokenizer", "engine"]
+MODULES = ["nano.kv_cache", "nano.sampling", "nano.engine", "detokenizer", "hf_files"]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    module = importlib.import_module(f"llumnix_dask.engine.nano.{name}")
+    module = importlib.import_module(f"llumnix_dask.engine.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -4,14 +4,28 @@ migration configs, requests, free-block accounting, a fault-injecting endpoint."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import pytest
 
 from llumnix_dask.config import EngineConfig, MigrationConfig
 from llumnix_dask.request import Request, SamplingParams
 
+# Every suite that takes the ``make_engine`` fixture runs on each backend.
+BACKENDS = ["nano", pytest.param("vllm", marks=pytest.mark.vllm)]
 
 # Small enough to be quick, large enough for a few 40-token prompts and 80-token outputs.
 ENGINE = EngineConfig(num_blocks=96, max_batch_size=8)
+# vLLM's CPU attention needs blocks of a multiple of 32 tokens; eager mode starts an engine in well under a
+# second (vLLM's compiled mode is what the benchmarks run).
+VLLM_BLOCK_SIZE = 32
+
+
+def engine_config(backend: str, config: EngineConfig = ENGINE) -> EngineConfig:
+    """``config`` for ``backend``: the same cache in blocks, the backend's block size."""
+    if backend == "nano":
+        return config
+    return dataclasses.replace(config, backend="vllm", block_size=VLLM_BLOCK_SIZE, vllm_args={"enforce_eager": True})
 # Several live stages even for short requests (each moves at least one completed block), and with the
 # tiny model's 64 KiB blocks, gathers of 2 blocks sent 3 to a message: chunking is exercised too.
 FAST = MigrationConfig(last_stage_max_blocks=1, max_stages=4, dst_watermark_blocks=4, min_chunk_bytes=5 << 16,

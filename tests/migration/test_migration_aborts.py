@@ -23,9 +23,9 @@ def step_until(engine, predicate, limit=500):
     raise AssertionError("condition not reached")
 
 
-def running_on(engine, nano_tokens, req):
+def running_on(engine, n_tokens, req):
     engine.add_request(req)
-    step_until(engine, lambda: req.num_output_tokens >= nano_tokens)
+    step_until(engine, lambda: req.num_output_tokens >= n_tokens)
 
 
 def finish(engine, req):
@@ -34,15 +34,15 @@ def finish(engine, req):
 
 
 @pytest.fixture
-def engines(nano):
-    a, b = nano("a"), nano("b")
+def engines(make_engine):
+    a, b = make_engine("a"), make_engine("b")
     return a, b, free_blocks(a), free_blocks(b)
 
 
-def test_destination_without_room_refuses_and_source_keeps_decoding(nano, reference):
-    a = nano("a")
-    b = nano("b", dataclasses.replace(ENGINE, num_blocks=8))
-    config = dataclasses.replace(FAST, dst_watermark_blocks=7)  # 2 full prompt blocks + 7 free > 8
+def test_destination_without_room_refuses_and_source_keeps_decoding(make_engine, reference):
+    a = make_engine("a")
+    b = make_engine("b", dataclasses.replace(ENGINE, num_blocks=8))
+    config = dataclasses.replace(FAST, dst_watermark_blocks=8)  # any first stage (>= 1 full block) + 8 free > 8
     dst = MigrationDestination(b, config)
     req = make_request(0)
     running_on(a, 5, req)
@@ -186,8 +186,8 @@ def test_lost_commit_ack_leaves_exactly_one_copy(engines, reference):
     assert finish(a, req) == reference(req) and free_blocks(a) == free_a
 
 
-def test_silent_source_destination_frees_pre_allocation_after_timeout(nano):
-    b = nano("b")
+def test_silent_source_destination_frees_pre_allocation_after_timeout(make_engine):
+    b = make_engine("b")
     free_b = free_blocks(b)
     now = [100.0]
     dst = MigrationDestination(b, FAST, clock=lambda: now[0])
@@ -206,8 +206,8 @@ def test_silent_source_destination_frees_pre_allocation_after_timeout(nano):
         dst.receive_blocks("m1", 0, [1], [b.export_blocks([0])])
 
 
-def test_reaper_thread_frees_a_dead_sources_blocks(nano):
-    b = nano("b")
+def test_reaper_thread_frees_a_dead_sources_blocks(make_engine):
+    b = make_engine("b")
     free_b = free_blocks(b)
     dst = MigrationDestination(b, dataclasses.replace(FAST, dst_timeout_s=0.2))
     dst.start_reaper(interval_s=0.02)
@@ -223,9 +223,9 @@ def test_reaper_thread_frees_a_dead_sources_blocks(nano):
         dst.close()
 
 
-def test_queued_request_joins_destination_queue_in_arrival_order(nano, reference):
+def test_queued_request_joins_destination_queue_in_arrival_order(make_engine, reference):
     one_at_a_time = dataclasses.replace(ENGINE, max_batch_size=1)
-    a, b = nano("a", one_at_a_time), nano("b", one_at_a_time)
+    a, b = make_engine("a", one_at_a_time), make_engine("b", one_at_a_time)
     early, mid, late = (make_request(20 + i, max_tokens=8) for i in range(3))
     early.arrival_time, mid.arrival_time, late.arrival_time = 1.0, 2.0, 3.0
     a.add_request(mid)  # a never steps: mid is still queued
@@ -243,9 +243,10 @@ def test_queued_request_joins_destination_queue_in_arrival_order(nano, reference
     assert b.get_request(mid.request_id) is None and free_blocks(b) == ENGINE.num_blocks
 
 
-def test_queued_request_the_destination_cannot_serve_stays_queued_on_the_source(nano):
-    a = nano("a")
-    b = nano("b", dataclasses.replace(ENGINE, num_blocks=2))  # 32 tokens of cache: a 40-token prompt never fits
+def test_queued_request_the_destination_cannot_serve_stays_queued_on_the_source(make_engine):
+    a = make_engine("a")
+    # A 32-token context: a 40-token prompt never fits, whatever the backend's block size.
+    b = make_engine("b", dataclasses.replace(ENGINE, num_blocks=2, max_model_len=32))
     req = make_request(30)
     a.add_request(req)
     result = run(migrate_out(a, req.request_id, ScriptedEndpoint(MigrationDestination(b, FAST)), FAST))

@@ -1,6 +1,6 @@
 """A migrated request produces exactly the tokens of an unmigrated run, and no KV block leaks.
 
-Real nano engines (the built-in tiny model), each stepping in its own thread while the migration's
+Real engines of each backend (the built-in tiny model), each stepping in its own thread while the migration's
 stages run on an asyncio loop, as on a Dask worker. The client's stream is every token in the order
 the engines produced them, wherever the request was.
 """
@@ -21,9 +21,9 @@ TIMEOUT = 60.0
 class Pair:
     """Two engines with runners, destinations on both sides and one shared token stream."""
 
-    def __init__(self, nano, config=FAST):
+    def __init__(self, make_engine, config=FAST):
         self.config = config
-        self.engines = {"a": nano("a"), "b": nano("b")}
+        self.engines = {"a": make_engine("a"), "b": make_engine("b")}
         self.free0 = {k: free_blocks(e) for k, e in self.engines.items()}
         self.streams = TokenStreams()
         self.runners = {k: EngineRunner(e, self.streams) for k, e in self.engines.items()}
@@ -56,8 +56,8 @@ class Pair:
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
 @pytest.mark.parametrize("point", ["first-token", "mid-way", "last-token"])
-def test_migrated_request_matches_unmigrated_run(nano, reference, seeded, point):
-    pair = Pair(nano)
+def test_migrated_request_matches_unmigrated_run(make_engine, reference, seeded, point):
+    pair = Pair(make_engine)
     reqs = [make_request(i, seeded=seeded, max_tokens=120) for i in range(2)]
     target = reqs[1]
     for r in reqs:
@@ -80,8 +80,8 @@ def test_migrated_request_matches_unmigrated_run(nano, reference, seeded, point)
     pair.assert_no_leaks()
 
 
-def test_request_migrated_back_and_forth_keeps_one_unbroken_stream(nano, reference):
-    pair = Pair(nano)
+def test_request_migrated_back_and_forth_keeps_one_unbroken_stream(make_engine, reference):
+    pair = Pair(make_engine)
     req = make_request(7, seeded=True, max_tokens=200)
     other = make_request(8, max_tokens=200)
     pair.runners["a"].add(req)
@@ -106,9 +106,9 @@ def test_request_migrated_back_and_forth_keeps_one_unbroken_stream(nano, referen
     pair.assert_no_leaks()
 
 
-def test_random_migration_points_and_directions(nano, reference):
+def test_random_migration_points_and_directions(make_engine, reference):
     rng = random.Random(4)
-    pair = Pair(nano)
+    pair = Pair(make_engine)
     reqs = [make_request(10 + i, seeded=i % 2 == 1, max_tokens=70) for i in range(3)]
     for r in reqs:
         pair.runners[rng.choice("ab")].add(r)
@@ -128,14 +128,14 @@ def test_random_migration_points_and_directions(nano, reference):
     pair.assert_no_leaks()
 
 
-def test_comparison_detects_a_corrupted_kv_copy(nano, reference):
+def test_comparison_detects_a_corrupted_kv_copy(make_engine, reference):
     """The bit-identity check has teeth: a transport that loses the copied KV changes the output."""
 
     class ZeroingEndpoint(InProcessEndpoint):
         async def send_blocks(self, migration_id, start, counts, buffers):
             await super().send_blocks(migration_id, start, counts, [b * 0 for b in buffers])
 
-    pair = Pair(nano)
+    pair = Pair(make_engine)
     req = make_request(3, seeded=True, max_tokens=200)
     pair.runners["a"].add(req)
     pair.wait_tokens(req.request_id, 5)

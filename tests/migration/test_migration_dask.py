@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from migration_helpers import ENGINE, FAST, free_blocks, make_request
+from migration_helpers import FAST, engine_config, free_blocks, make_request
 
 from llumnix_dask.migration import DaskEndpoint, MigrationDestination, migrate_out, register_migration_handlers
 from llumnix_dask.migration.harness import EngineRunner, TokenStreams
 from llumnix_dask.migration.transport import decode_buffer, encode_buffer
 
 # The workers live in this process (processes=False) but talk over real TCP comm servers, so every
-# stage goes through distributed's serialization and sockets; one token stream object records both.
+# stage goes through distributed's serialization and sockets; one token stream object records both
+# (a fresh one per test: the backends run the same request ids).
 STREAMS = TokenStreams()
 
 
-def start_instance(dask_worker):
+def start_instance(config, dask_worker):
     from llumnix_dask.engine import create_engine
 
-    engine = create_engine(ENGINE, str(dask_worker.name))
+    engine = create_engine(config, str(dask_worker.name))
     destination = MigrationDestination(engine, FAST)
     register_migration_handlers(dask_worker, destination)
     dask_worker._migration_test = (engine, EngineRunner(engine, STREAMS), destination, free_blocks(engine))
@@ -42,17 +43,22 @@ def stop_instance(dask_worker):
     engine, runner, destination, free0 = dask_worker._migration_test
     runner.stop()
     destination.close()
-    return {"free": free_blocks(engine), "free0": free0, "reserved": destination.reserved_blocks}
+    free = free_blocks(engine)
+    if hasattr(engine, "close"):
+        engine.close()
+    return {"free": free, "free0": free0, "reserved": destination.reserved_blocks}
 
 
 @pytest.mark.e2e
-def test_migration_between_two_dask_workers_is_bit_identical(reference):
+def test_migration_between_two_dask_workers_is_bit_identical(backend, reference):
     from distributed import Client, LocalCluster
 
+    global STREAMS
+    STREAMS = TokenStreams()
     with LocalCluster(n_workers=2, processes=False, protocol="tcp://", threads_per_worker=1,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         a, b = sorted(client.scheduler_info()["workers"])
-        client.run(start_instance)
+        client.run(start_instance, engine_config(backend))
         greedy, seeded = make_request(40, max_tokens=150), make_request(41, seeded=True, max_tokens=150)
         for r in (greedy, seeded):
             client.run(add_request, r, workers=[a])

@@ -1,6 +1,6 @@
 """NanoEngine: the embedded paged-KV, continuous-batching engine (implements ``EngineBackend``).
 
-    >>> from llumnix_dask.config import EngineConfig
+    >>> from llumnix_dask.config import DEFAULT_BLOCK_SIZE, EngineConfig
     >>> from llumnix_dask.request import Request, SamplingParams
     >>> engine = NanoEngine(EngineConfig(), "i0")          # the built-in tiny model, no network
     >>> req = Request.new(engine.encode("Hello"), SamplingParams(max_tokens=4, ignore_eos=True))
@@ -23,11 +23,11 @@ from typing import Any, Callable, Sequence as Seq
 
 import torch
 
-from llumnix_dask.config import EngineConfig
+from llumnix_dask.config import DEFAULT_BLOCK_SIZE, EngineConfig
 from llumnix_dask.engine.base import MigrationState, StepOutput
 from llumnix_dask.engine.nano.batch import SeqChunk, build_forward_batch
-from llumnix_dask.engine.nano.detokenizer import IncrementalDetokenizer
-from llumnix_dask.engine.nano.fair_lock import FairLock
+from llumnix_dask.engine.detokenizer import IncrementalDetokenizer
+from llumnix_dask.engine.fair_lock import FairLock
 from llumnix_dask.engine.nano.kv_cache import BlockManager, PagedKVCache
 from llumnix_dask.engine.nano.loader import load_checkpoint
 from llumnix_dask.engine.nano.model import NanoLlama
@@ -71,7 +71,7 @@ class NanoEngine:
                 f"EngineConfig.max_model_len: {self.max_model_len} exceeds the model's "
                 f"max_position_embeddings ({args.max_position_embeddings})"
             )
-        self.block_size = config.block_size
+        self.block_size = config.block_size or DEFAULT_BLOCK_SIZE
         bytes_per_block = args.kv_bytes_per_token(self.dtype) * self.block_size
         self.num_blocks = config.num_blocks or max(1, config.kv_cache_bytes // bytes_per_block)
         # A lone request always fits: generation stops ("length") when the cache or the context is full.

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from llumnix_dask.engine.hf_files import load_tokenizer_file, merge_token_ids
 from llumnix_dask.engine.nano.linear import Linear
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -81,17 +82,6 @@ class Checkpoint:
     tokenizer: Any | None  # tokenizers.Tokenizer, or None when the checkpoint has no tokenizer.json
 
 
-def _eos_ids(*values: Any) -> tuple[int, ...]:
-    ids: list[int] = []
-    for v in values:
-        if v is None:
-            continue
-        for x in v if isinstance(v, (list, tuple)) else [v]:
-            if int(x) not in ids:
-                ids.append(int(x))
-    return tuple(ids)
-
-
 def read_model_args(path: str | Path) -> ModelArgs:
     """Parse config.json (and generation_config.json for EOS ids) with clear errors."""
     root = Path(path).expanduser()
@@ -144,7 +134,7 @@ def read_model_args(path: str | Path) -> ModelArgs:
         attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
         architecture=arch,
         rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
-        eos_token_ids=_eos_ids(cfg.get("eos_token_id"), gen.get("eos_token_id")),
+        eos_token_ids=merge_token_ids(cfg.get("eos_token_id"), gen.get("eos_token_id")),
         bos_token_id=cfg.get("bos_token_id"),
     )
 
@@ -163,15 +153,6 @@ def _read_safetensors(root: Path) -> dict[str, torch.Tensor]:
     for name in files:
         tensors.update(load_file(str(root / name)))
     return tensors
-
-
-def _load_tokenizer(root: Path):
-    path = root / "tokenizer.json"
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path))
 
 
 def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device, prepack: bool) -> Checkpoint:
@@ -223,7 +204,7 @@ def _build(root: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device
         layers=layers,
         final_norm=take("model.norm.weight"),
         lm_head=Linear(lm_head.contiguous(), None, prepack),
-        tokenizer=_load_tokenizer(root),
+        tokenizer=load_tokenizer_file(root),
     )
 
 

@@ -25,7 +25,7 @@ from llumnix_dask.config import TinyModelConfig
 
 BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<s>", "</s>", "<unk>"
 # Bump when the files written here change, so an old cached default model is not reused.
-TINY_FORMAT_VERSION = 2  # 2: unreadable byte tokens get small output rows
+TINY_FORMAT_VERSION = 3  # 2: unreadable byte tokens get small output rows; 3: untied output embedding
 
 
 def llumnix_home() -> Path:
@@ -90,7 +90,8 @@ def _random_weights(cfg: TinyModelConfig) -> dict:
         w[p + "post_attention_layernorm.weight"] = norm()
     w["model.norm.weight"] = norm()
     if not cfg.tie_word_embeddings:
-        w["lm_head.weight"] = linear(cfg.vocab_size, h) * 2.0
+        # Logits with std ~4, as with the tied embedding: sharp enough that the quieted rows are rarely sampled.
+        w["lm_head.weight"] = linear(cfg.vocab_size, h) * 4.0
     return {k: v.contiguous() for k, v in w.items()}
 
 
