@@ -97,7 +97,19 @@ def sim_command(
 def up_command(
     instances: int = typer.Option(None, help="Engine instances (default: one per GPU, else 2)."),
     model: str = typer.Option(None, help="HF checkpoint directory (default: the built-in tiny model)."),
-    backend: str = typer.Option("nano", help="Engine backend: nano (torch, paged KV) or sim (latency model, no tensors)."),
+    backend: str = typer.Option(
+        "nano", help="Engine backend: nano (embedded torch engine), vllm (vLLM engines; needs the vllm extra) "
+        "or sim (latency model, no tensors)."
+    ),
+    block_size: int = typer.Option(None, help="KV block size in tokens (default: the backend's)."),
+    num_blocks: int = typer.Option(None, help="KV blocks per instance (default: from the cache budget)."),
+    max_model_len: int = typer.Option(None, help="Context length (default: the model's)."),
+    max_batch_size: int = typer.Option(None, help="Requests per batch (default: 64)."),
+    dtype: str = typer.Option(None, help="float32, float16 or bfloat16 (default: float32)."),
+    vllm_arg: list[str] = typer.Option(
+        None, "--vllm-arg", help="A vLLM engine argument KEY=VALUE (VALUE as JSON when it parses), repeatable: "
+        "--vllm-arg tensor_parallel_size=2 --vllm-arg enable_prefix_caching=true."
+    ),
     host: str = typer.Option("127.0.0.1", help="HTTP bind address."),
     port: int = typer.Option(8000, help="HTTP port (0 = any free port)."),
     api_key: str = typer.Option(None, help="Require this API key (or set LLUMNIX_DASK_API_KEY)."),
@@ -107,10 +119,14 @@ def up_command(
     dashboard_address: str = typer.Option(":8787", help="Dask dashboard address of the embedded cluster."),
 ) -> None:
     """Start an embedded cluster (or attach to a Dask scheduler) and serve the OpenAI-compatible API."""
-    from llumnix_dask.serve.commands import run_up
+    from llumnix_dask.serve.commands import engine_config_from_options, run_up
 
     try:
-        run_up(instances, model, backend, host, port, api_key, policy, scheduler, migration, dashboard_address)
+        engine = engine_config_from_options(
+            backend, model, block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
+            max_batch_size=max_batch_size, dtype=dtype, vllm_args=vllm_arg or [],
+        )
+        run_up(instances, engine, host, port, api_key, policy, scheduler, migration, dashboard_address)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llumnix_dask.config import PolicyConfig, ServeConfig
+from llumnix_dask.config import EngineConfig, PolicyConfig, ServeConfig
 
 API_KEY_ENV = "LLUMNIX_DASK_API_KEY"
 
@@ -25,10 +25,33 @@ def default_instances() -> int:
     return n or 2
 
 
+def parse_engine_args(items: list[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> dict; a VALUE that parses as JSON (numbers, true/false, objects) is taken as such.
+
+    >>> parse_engine_args(["tensor_parallel_size=2", "enforce_eager=true", "quantization=fp8"])
+    {'tensor_parallel_size': 2, 'enforce_eager': True, 'quantization': 'fp8'}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--vllm-arg: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def engine_config_from_options(backend: str, model: str | None, *, vllm_args: list[str], **fields: Any) -> EngineConfig:
+    """The EngineConfig of ``up``'s options (an option left out keeps the config's default)."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return EngineConfig(backend=backend, model=model, vllm_args=parse_engine_args(vllm_args), **given)
+
+
 def run_up(
     instances: int | None,
-    model: str | None,
-    backend: str,
+    engine: EngineConfig,
     host: str,
     port: int,
     api_key: str | None,
@@ -46,14 +69,13 @@ def run_up(
     console = Console()
     n = instances or default_instances()
     policy_config = PolicyConfig(dispatch=policy, migration_enabled=migration)
-    model_name = Path(model).name if model else ServeConfig().model_name
+    model_name = Path(engine.model).name if engine.model else ServeConfig().model_name
     serve_config = ServeConfig(host=host, port=port, api_key=api_key or os.environ.get(API_KEY_ENV), model_name=model_name)
-    where = f"attaching to {scheduler}" if scheduler else f"starting {n} {backend} instance(s)"
+    where = f"attaching to {scheduler}" if scheduler else f"starting {n} {engine.backend} instance(s)"
     with console.status(f"[bold]llumnix-dask[/]: {where} (the first start builds the tiny model)..."):
         cluster = Cluster(
             n_instances=n,
-            model=model,
-            backend=backend,
+            engine=engine,
             address=scheduler,
             policy=policy_config,
             dashboard_address=dashboard_address,

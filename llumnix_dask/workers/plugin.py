@@ -213,6 +213,9 @@ class InstanceWorkerPlugin(WorkerPlugin):
             await asyncio.to_thread(self.llumlet.stop)
         if self.streams is not None:
             await self.streams.close()
+        close = getattr(self.engine, "close", None)  # engines holding outside resources (vLLM) free them
+        if close is not None:
+            await asyncio.to_thread(close)
 
     def _register_migration_endpoints(self, worker: Any) -> None:
         try:

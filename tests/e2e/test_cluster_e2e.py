@@ -1,4 +1,4 @@
-"""The Python API on a real LocalCluster with nano engines (the built-in tiny model)."""
+"""The Python API on a real LocalCluster with real engines of each backend (the built-in tiny model)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from e2e_helpers import BACKENDS, for_backend
 
 from llumnix_dask import Cluster, EngineConfig, PolicyConfig
 from llumnix_dask.serve.frontend import RequestFailed
@@ -18,9 +19,10 @@ PROMPT = "Once upon a time"
 ENGINE = EngineConfig(num_blocks=256, max_batch_size=16)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with Cluster(2, engine=ENGINE, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as c:
+@pytest.fixture(scope="module", params=BACKENDS)
+def cluster(request):
+    engine = for_backend(request.param, ENGINE)
+    with Cluster(2, engine=engine, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as c:
         yield c
 
 

@@ -7,6 +7,7 @@ import time
 import httpx
 import openai
 import pytest
+from e2e_helpers import BACKENDS, for_backend
 
 from llumnix_dask import Cluster, EngineConfig, PolicyConfig, ServeConfig
 from llumnix_dask.serve.server import start_server
@@ -17,9 +18,9 @@ KEY = "test-key"
 MODEL = "llumnix-tiny"
 
 
-@pytest.fixture(scope="module")
-def server():
-    engine = EngineConfig(num_blocks=256, max_batch_size=16)
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request):
+    engine = for_backend(request.param, EngineConfig(num_blocks=256, max_batch_size=16))
     with Cluster(2, engine=engine, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as cluster:
         srv = start_server(cluster, ServeConfig(port=0, api_key=KEY, model_name=MODEL))
         try:

@@ -51,6 +51,7 @@ def engine_args(config: EngineConfig, model: str, instance_id: str) -> tuple[Any
         # One priority for every request: vLLM then queues by arrival time (a request that migrates in while
         # queued takes its arrival-order place, as on the nano engine) and preempts the latest arrival.
         "scheduling_policy": "priority",
+        "use_tqdm_on_load": False,
     }
     if config.block_size is not None:
         mapped["block_size"] = config.block_size

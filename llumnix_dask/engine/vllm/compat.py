@@ -31,8 +31,10 @@ KV connector V1 (``kv_connector_module_path``) ``connector.LlumnixMigrationConne
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import re
+import warnings
 
 # [lowest, highest) vLLM version this backend supports.
 SUPPORTED = ((0, 32), (0, 33))
@@ -90,3 +92,6 @@ def prepare_process(cpu_threads: int | None) -> None:
         os.environ["OMP_NUM_THREADS"] = str(cpu_threads)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Some of vLLM's modules log while it is imported, before it configures its logger from the variable.
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    warnings.filterwarnings("ignore", message=".*torch.distributed.reduce_op.*", category=FutureWarning)

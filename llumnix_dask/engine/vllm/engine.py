@@ -35,12 +35,12 @@ from llumnix_dask.engine.detokenizer import IncrementalDetokenizer
 from llumnix_dask.engine.fair_lock import FairLock
 from llumnix_dask.engine.vllm import compat, worker_ops
 from llumnix_dask.engine.vllm.blocks import VllmBlocks
+from llumnix_dask.engine.vllm.translate import core_request, finish_reason
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad
 from llumnix_dask.request import Request, RequestStatus
 
 # Request.metadata key of a queued request's generator state when it moves between vllm instances.
 SAMPLER_STATE_KEY = "llumnix_vllm_sampler_state"
-_REASONS = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "stop"}  # vllm.v1.engine.FinishReason
 # vLLM keeps a forward pass's context (and the worker-side KV connector) in process-wide globals, so engines
 # sharing a process (tests, notebooks) take turns to step. A cluster runs one engine per worker process.
 _PROCESS_STEP = threading.Lock()
@@ -147,39 +147,10 @@ class VllmEngine:
         if req.sampling.stop and self.tokenizer is None:
             raise ValueError("stop: stop strings need a tokenizer, and this model has no tokenizer.json")
 
-    def _core_request(self, req: Request) -> Any:
-        """vLLM's request for ``req`` as it stands: every token so far is prompt, the rest is to generate."""
-        from vllm import SamplingParams as VllmSampling
-        from vllm.v1.engine import EngineCoreRequest
-
-        sp = req.sampling
-        stop_ids = list(sp.stop_token_ids) + ([] if sp.ignore_eos else sorted(self.eos_token_ids))
-        sampling = VllmSampling(
-            max_tokens=sp.max_tokens - req.num_output_tokens,
-            temperature=float(sp.temperature),
-            top_k=sp.top_k,
-            top_p=float(sp.top_p),
-            seed=sp.seed if sp.temperature > 0 else None,
-            stop_token_ids=stop_ids or None,
-            ignore_eos=True,  # end of sequence is among stop_token_ids unless the request ignores it
-            detokenize=False,
-        )
-        return EngineCoreRequest(
-            request_id=req.request_id,
-            prompt_token_ids=req.all_token_ids,
-            mm_features=None,
-            sampling_params=sampling,
-            pooling_params=None,
-            arrival_time=req.arrival_time,
-            lora_request=None,
-            cache_salt=None,
-            data_parallel_rank=None,
-        )
-
     def add_request(self, request: Request) -> None:
         with self._lock:
             self._validate(request)
-            vreq, wave = self.core.preprocess_add_request(self._core_request(request))
+            vreq, wave = self.core.preprocess_add_request(core_request(request, self.eos_token_ids))
             state = request.metadata.pop(SAMPLER_STATE_KEY, None)
             if state is not None:
                 self.connector.expect_sampler_state(request.request_id, state)
@@ -250,7 +221,7 @@ class VllmEngine:
             delta += piece
             if hit_stop:
                 break
-        reason = "stop" if hit_stop else (None if out.finish_reason is None else _REASONS[int(out.finish_reason)])
+        reason = "stop" if hit_stop else finish_reason(out.finish_reason)
         if reason is None:
             return StepOutput(req.request_id, list(out.new_token_ids), delta)
         if out.finish_reason is None:  # a stop string: vLLM would go on
@@ -336,7 +307,7 @@ class VllmEngine:
         or the blocks of a paused one), so the source keeps stepping while its KV is copied out.
         """
         parts = self.core.model_executor.collective_rpc(worker_ops.gather_blocks, args=(list(block_ids),))
-        return parts[0] if len(parts) == 1 else _stack(parts)
+        return parts[0] if len(parts) == 1 else worker_ops.stack_ranks(parts)
 
     def pause(self, request_id: str) -> MigrationState:
         with self._lock:
@@ -405,7 +376,7 @@ class VllmEngine:
         if self.tp_size == 1:
             self._rpc(worker_ops.scatter_blocks, list(block_ids), buffer)
         else:
-            self.core.model_executor.collective_rpc(_scatter_rank, args=(list(block_ids), buffer))
+            self.core.model_executor.collective_rpc(worker_ops.scatter_rank_blocks, args=(list(block_ids), buffer))
 
     def free_blocks(self, block_ids: Sequence[int]) -> None:
         with self._lock:
@@ -423,7 +394,7 @@ class VllmEngine:
                 raise ValueError(f"commit_migrated: num_kv_tokens {state.num_kv_tokens} out of range")
             if -(-state.num_kv_tokens // self.block_size) != len(block_ids):
                 raise ValueError(f"commit_migrated: {len(block_ids)} blocks for {state.num_kv_tokens} KV tokens")
-            vreq, wave = self.core.preprocess_add_request(self._core_request(req))
+            vreq, wave = self.core.preprocess_add_request(core_request(req, self.eos_token_ids))
             # The last token is fed again by the next step: its logits pick the next token.
             vreq.num_computed_tokens = min(state.num_kv_tokens, req.num_tokens - 1)
             self.blocks.adopt(req.request_id, block_ids)
@@ -443,15 +414,3 @@ class VllmEngine:
 
 def _in(item: Any, items: Sequence[Any]) -> bool:
     return any(x is item for x in items)
-
-
-def _stack(parts: list[Any]) -> Any:
-    import torch
-
-    return torch.stack([p.cpu() for p in parts])
-
-
-def _scatter_rank(wrapper: Any, block_ids: list[int], buffer: Any) -> None:
-    """Tensor parallel: each rank scatters its own shard of the gathered buffer."""
-    rank = wrapper.worker.rank
-    worker_ops.scatter_blocks(wrapper, block_ids, buffer[rank])

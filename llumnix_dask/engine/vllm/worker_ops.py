@@ -88,6 +88,16 @@ def scatter_blocks(wrapper: Any, block_ids: Sequence[int], buffer: torch.Tensor)
             kv.index_copy_(dim, index, data.movedim(0, dim))
 
 
+def scatter_rank_blocks(wrapper: Any, block_ids: Sequence[int], buffer: torch.Tensor) -> None:
+    """Tensor parallel: each rank scatters its own shard of a :func:`stack_ranks` buffer."""
+    scatter_blocks(wrapper, block_ids, buffer[wrapper.worker.rank])
+
+
+def stack_ranks(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``[ranks, layers, n, ...]`` from each rank's gathered blocks (tensor parallel: a shard of the heads each)."""
+    return torch.stack([p.cpu() for p in parts])
+
+
 def sampler_state(wrapper: Any, request_id: str) -> bytes | None:
     """The random-generator state of a seeded request (None: not seeded, or unknown to this worker)."""
     state = _runner(wrapper).requests.get(request_id)
