@@ -46,6 +46,14 @@ def test_generate_and_stream_give_the_same_greedy_text(cluster):
     assert "".join(pieces) == done.text == cluster.generate(PROMPT, max_tokens=12, ignore_eos=True)
 
 
+def test_greedy_tokens_equal_vllm_offline_generate(cluster, offline_vllm_reference):
+    if cluster.engine_config.backend != "vllm":
+        pytest.skip("compares the vllm backend with vLLM's own LLM.generate")
+    for prompt, expected in offline_vllm_reference.items():
+        done = cluster.generate(prompt, max_tokens=len(expected), ignore_eos=True, details=True)
+        assert done.token_ids == expected, prompt
+
+
 def test_a_list_of_prompts_gives_a_list_of_texts(cluster):
     texts = cluster.generate(["a", "bb", "ccc"], max_tokens=4, ignore_eos=True)
     assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)

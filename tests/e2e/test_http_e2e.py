@@ -23,6 +23,7 @@ def server(request):
     engine = for_backend(request.param, EngineConfig(num_blocks=256, max_batch_size=16))
     with Cluster(2, engine=engine, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as cluster:
         srv = start_server(cluster, ServeConfig(port=0, api_key=KEY, model_name=MODEL))
+        srv.backend, srv.tokenizer = request.param, cluster.tokenizer
         try:
             yield srv
         finally:
@@ -57,6 +58,16 @@ def test_chat_completions_stream_and_non_stream(client):
                                                  stream=True, extra_body={"ignore_eos": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+
+
+def test_streamed_text_equals_vllm_offline_generate(server, client, offline_vllm_reference):
+    if server.backend != "vllm":
+        pytest.skip("compares the vllm backend with vLLM's own LLM.generate")
+    for prompt, expected in offline_vllm_reference.items():
+        pieces = [c.choices[0].text for c in client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=len(expected), temperature=0, stream=True,
+            extra_body={"ignore_eos": True})]
+        assert "".join(pieces) == server.tokenizer.decode(expected), prompt
 
 
 def test_models_lists_the_served_model(client):

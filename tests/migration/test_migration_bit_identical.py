@@ -7,13 +7,15 @@ the engines produced them, wherever the request was.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
-from migration_helpers import FAST, free_blocks, make_request, run
+from migration_helpers import ENGINE, FAST, free_blocks, make_request, run
 
 from llumnix_dask.migration import InProcessEndpoint, MigrationDestination, migrate_out
 from llumnix_dask.migration.harness import EngineRunner, TokenStreams
+from llumnix_dask.request import Request, RequestStatus, SamplingParams
 
 TIMEOUT = 60.0
 
@@ -144,3 +146,47 @@ def test_comparison_detects_a_corrupted_kv_copy(make_engine, reference):
     assert result.outcome == "committed"
     assert pair.streams.tokens(req.request_id) != reference(req)
     pair.assert_no_leaks()
+
+
+def test_request_migrated_while_its_prompt_is_prefilled_in_chunks(make_engine):
+    """Prefill in 32-token chunks; the request moves after two chunks and the destination prefills the rest."""
+    chunked = dataclasses.replace(ENGINE, max_batched_tokens=32)
+    a, b, ref = make_engine("a", chunked), make_engine("b", chunked), make_engine("ref", chunked)
+    long_prompt = [(13 * j) % 480 + 3 for j in range(150)]
+    req, alone = (Request.new(long_prompt, SamplingParams(max_tokens=30, ignore_eos=True), request_id="p")
+                  for _ in range(2))
+    ref.add_request(alone)
+    while ref.has_work():
+        ref.step()
+    a.add_request(req)
+    a.step()
+    a.step()
+    assert req.status is RequestStatus.RUNNING and req.num_output_tokens == 0  # mid-prefill
+    result = run(migrate_out(a, req.request_id, InProcessEndpoint(MigrationDestination(b, FAST)), FAST))
+    assert result.outcome == "committed" and 0 < result.num_kv_tokens < len(long_prompt)
+    moved = b.get_request(req.request_id)  # the destination's copy (the state travelled as over a wire)
+    while b.has_work():
+        b.step()
+    assert moved.output_token_ids == alone.output_token_ids and moved.finish_reason == "length"
+    assert free_blocks(a) == free_blocks(b) == ENGINE.num_blocks
+
+
+def test_preempted_request_moved_while_queued_continues_its_tokens(make_engine, reference):
+    """A seeded request preempted on one instance and moved to another's queue recomputes there and goes on
+    with the random draws it would have made where it was."""
+    a, b = make_engine("a"), make_engine("b")
+    req = make_request(50, seeded=True, max_tokens=70)
+    a.add_request(req)
+    while req.num_output_tokens < 20:
+        a.step()
+    hog = a.reserve_blocks(free_blocks(a))  # a's cache is full: its next block preempts the request
+    while req.status is not RequestStatus.WAITING:
+        a.step()
+    result = run(migrate_out(a, req.request_id, InProcessEndpoint(MigrationDestination(b, FAST)), FAST))
+    assert result.outcome == "committed" and result.queued
+    a.free_blocks(hog)
+    moved = b.get_request(req.request_id)
+    while b.has_work():
+        b.step()
+    assert moved.output_token_ids == reference(req) and moved.num_preemptions == 1
+    assert free_blocks(a) == free_blocks(b) == ENGINE.num_blocks
