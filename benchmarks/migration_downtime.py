@@ -1,8 +1,9 @@
 """How long is a request stopped when it migrates, compared with recomputing it or copying it blocking?
 
-Two Dask worker processes on this machine each host a nano engine (a random-weight Llama big enough
-that KV copies matter: 6 layers x 384 wide, 18 KiB of KV per token, ~75 MB at 4k tokens; one torch
-thread per engine). For each sequence length the same request is measured four ways, side by side:
+Two Dask worker processes on this machine each host an engine of the chosen backend, nano or vllm (a
+random-weight Llama big enough that KV copies matter: 6 layers x 384 wide, 18 KiB of KV per token, ~75 MB
+at 4k tokens; one torch thread per engine; vLLM in its default compiled mode with 32-token blocks, the
+smallest its CPU attention takes). For each sequence length the same request is measured four ways, side by side:
 
 * live migration (Llumnix): multi-stage, the request decodes on the source while its blocks are copied;
   ``downtime`` is the pause (request out of every batch) until the destination committed it, ``total``
@@ -15,10 +16,11 @@ thread per engine). For each sequence length the same request is measured four w
   relative to its last 10 decode steps before the migration (a background request keeps the source's
   batch busy after the pause).
 
-Prints a table and writes benchmarks/results/migration_downtime.json. Targets (issue 4):
-downtime(4k) / downtime(256) <= 1.5, recompute(4k) / downtime(4k) >= 30, source slowdown <= 10%.
+Prints a table and writes benchmarks/results/migration_downtime[_vllm].json. Targets: downtime(4k) /
+downtime(256) <= 1.5, recompute(4k) / downtime(4k) >= 30 (nano) / >= 20 (vllm), source slowdown <= 10%.
 
     python benchmarks/migration_downtime.py                  # ~2-3 minutes on 2 CPU cores
+    python benchmarks/migration_downtime.py --backend vllm
     python benchmarks/migration_downtime.py --lengths 256 1024 --repeats 1
 """
 
@@ -46,20 +48,26 @@ BENCH_MODEL = TinyModelConfig(
 )
 LIVE = MigrationConfig()  # paper defaults: 3 stages, last stage <= 16 blocks, 16 MB messages
 BLOCKING = dataclasses.replace(LIVE, max_stages=1)
+VLLM_BLOCK_SIZE = 32
 # Keep freed receive buffers in the workers' heaps, as the llumnix cluster does (see config.WORKER_PRE_SPAWN_ENV).
 WORKER_MALLOC = worker_dask_config()
 
 
 # -- worker side (pickled by value into the two worker processes) ---------------------------------------
-def start_instance(model_path, num_blocks, dask_worker):
-    import torch
+def engine_config(backend: str, model_path: str, num_blocks: int) -> EngineConfig:
+    # One core per instance: two instances share this machine's CPU.
+    config = EngineConfig(model=model_path, num_blocks=num_blocks, max_batched_tokens=4096, cpu_threads=1)
+    if backend == "vllm":
+        config = dataclasses.replace(config, backend="vllm", block_size=VLLM_BLOCK_SIZE)
+    return config
 
+
+def start_instance(config, dask_worker):
     from llumnix_dask.engine import create_engine
     from llumnix_dask.migration import MigrationDestination, register_migration_handlers
     from llumnix_dask.migration.harness import EngineRunner
 
-    torch.set_num_threads(1)  # one core per instance: two instances share this machine's CPU
-    engine = create_engine(EngineConfig(model=model_path, num_blocks=num_blocks, max_batched_tokens=4096), str(dask_worker.name))
+    engine = create_engine(config, str(dask_worker.name))
     destination = MigrationDestination(engine, LIVE)
     register_migration_handlers(dask_worker, destination)
     dask_worker._bench = {"engine": engine, "runner": EngineRunner(engine), "dst": destination}
@@ -138,6 +146,9 @@ def abort(request_id, dask_worker):
 def stop_instance(dask_worker):
     dask_worker._bench["runner"].stop()
     dask_worker._bench["dst"].close()
+    close = getattr(dask_worker._bench["engine"], "close", None)
+    if close is not None:
+        close()
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -189,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=2, help="measurements per length (the median is shown)")
+    parser.add_argument("--backend", choices=["nano", "vllm"], default="nano")
     args = parser.parse_args()
 
     import dask
@@ -199,12 +211,13 @@ def main() -> None:
     model_dir = Path(tempfile.mkdtemp(prefix="llumnix-bench-model-"))
     model_path = str(make_tiny_model(model_dir, BENCH_MODEL))
     kv_per_token = BENCH_MODEL.num_layers * 2 * BENCH_MODEL.num_kv_heads * (BENCH_MODEL.hidden_size // BENCH_MODEL.num_heads) * 4
-    num_blocks = (max(args.lengths) * 3) // 16 + 64  # the request, a recompute copy and headroom
+    block_size = VLLM_BLOCK_SIZE if args.backend == "vllm" else 16
+    num_blocks = (max(args.lengths) * 3) // block_size + 64  # the request, a recompute copy and headroom
     with dask.config.set(WORKER_MALLOC), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         a, b = sorted(client.scheduler_info()["workers"])
-        block_bytes = client.run(start_instance, model_path, num_blocks)[a]
+        block_bytes = client.run(start_instance, engine_config(args.backend, model_path, num_blocks))[a]
         # A short background request keeps the source decoding something else throughout.
         client.run(add_request, endless("background", prompt(32, 99), 0.0), workers=[a])
         # Warm up both directions (connections, thread pools, first-use allocations) before measuring.
@@ -229,7 +242,7 @@ def main() -> None:
         "blocking_over_downtime_longest": ratio(last["blocking_ms"], last["downtime_ms"]),
         "max_source_slowdown_pct": max((r["slowdown_pct"] for r in rows if r["slowdown_pct"] is not None), default=None),
     }
-    print(f"\nmodel: {BENCH_MODEL.num_layers} layers x {BENCH_MODEL.hidden_size}, KV {kv_per_token / 1024:.0f} KiB/token, "
+    print(f"\nbackend: {args.backend}; model: {BENCH_MODEL.num_layers} layers x {BENCH_MODEL.hidden_size}, KV {kv_per_token / 1024:.0f} KiB/token, "
           f"block {block_bytes / 1024:.0f} KiB; live = {LIVE.max_stages} stages max, last <= {LIVE.last_stage_max_blocks} blocks")
     print_rows(rows, [
         ("length", "len", 0), ("tokens", "kv tok", 0), ("kv_mb", "KV MB", 1), ("stages", "stages", 0),
@@ -238,7 +251,8 @@ def main() -> None:
         ("step_before_ms", "step ms", 1), ("step_during_ms", "step mig ms", 1), ("slowdown_pct", "slowdown %", 1),
     ])
     print("\n" + "\n".join(f"{k}: {v if v is None else round(v, 2)}" for k, v in summary.items()))
-    save("migration_downtime", {"model": dataclasses.asdict(BENCH_MODEL), "block_bytes": block_bytes,
+    name = "migration_downtime" if args.backend == "nano" else f"migration_downtime_{args.backend}"
+    save(name, {"backend": args.backend, "model": dataclasses.asdict(BENCH_MODEL), "block_bytes": block_bytes,
                                 "config": dataclasses.asdict(LIVE), "rows": rows, "summary": summary})
 
 

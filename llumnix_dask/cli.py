@@ -106,6 +106,9 @@ def up_command(
     max_model_len: int = typer.Option(None, help="Context length (default: the model's)."),
     max_batch_size: int = typer.Option(None, help="Requests per batch (default: 64)."),
     dtype: str = typer.Option(None, help="float32, float16 or bfloat16 (default: float32)."),
+    threads_per_instance: int = typer.Option(
+        None, help="CPU threads of each engine instance (default: this machine's cores divided among them)."
+    ),
     vllm_arg: list[str] = typer.Option(
         None, "--vllm-arg", help="A vLLM engine argument KEY=VALUE (VALUE as JSON when it parses), repeatable: "
         "--vllm-arg tensor_parallel_size=2 --vllm-arg enable_prefix_caching=true."
@@ -124,7 +127,7 @@ def up_command(
     try:
         engine = engine_config_from_options(
             backend, model, block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
-            max_batch_size=max_batch_size, dtype=dtype, vllm_args=vllm_arg or [],
+            max_batch_size=max_batch_size, dtype=dtype, cpu_threads=threads_per_instance, vllm_args=vllm_arg or [],
         )
         run_up(instances, engine, host, port, api_key, policy, scheduler, migration, dashboard_address)
     except ValueError as e:

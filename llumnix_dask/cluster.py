@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import queue
 import time
 from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
@@ -59,6 +60,16 @@ def _keep_worker_heaps() -> None:
         dask.config.set(ours)
 
 
+def with_cpu_threads(engine: EngineConfig, n_instances: int) -> EngineConfig:
+    """``engine`` with this machine's cores divided among its instances, unless its threads are set.
+
+    Dask starts workers with one OpenMP thread; an instance that owns several cores should use them.
+    """
+    if engine.cpu_threads is not None or engine.backend == "sim":
+        return engine
+    return dataclasses.replace(engine, cpu_threads=max(1, (os.cpu_count() or 1) // n_instances))
+
+
 class Cluster(ClusterViews):
     """A Llumnix cluster of engine instances on Dask.
 
@@ -93,6 +104,8 @@ class Cluster(ClusterViews):
         if not isinstance(n_instances, int) or n_instances < 1:
             raise ValueError(f"n_instances: must be an integer >= 1, got {n_instances!r}")
         self.engine_config = engine or EngineConfig(backend=backend, model=model)
+        if address is None:
+            self.engine_config = with_cpu_threads(self.engine_config, n_instances)
         self.timeout = timeout
         self._local = None
         self._autoscaler: concurrent.futures.Future | None = None

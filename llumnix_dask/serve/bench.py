@@ -55,8 +55,9 @@ async def _one(client: httpx.AsyncClient, url: str, headers: dict, model: str, r
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
-        "priority": "high" if rec.high_priority else "normal",
     }
+    if rec.high_priority:  # only when needed: other OpenAI-compatible servers may not know the field
+        body["priority"] = "high"
     start = time.perf_counter()
     times: list[float] = []
     try:

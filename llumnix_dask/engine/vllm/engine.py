@@ -23,6 +23,7 @@ A seeded request's random generator state travels too (:mod:`.connector`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -303,11 +304,17 @@ class VllmEngine:
     def export_blocks(self, block_ids: Sequence[int]) -> Any:
         """``[layers, n, *block_shape]`` (one rank) or ``[ranks, layers, n, ...]`` (tensor parallel).
 
-        No engine lock: a gather only reads blocks that no step writes (full blocks of a decoding request,
-        or the blocks of a paused one), so the source keeps stepping while its KV is copied out.
+        In process (one rank) without the engine lock: a gather only reads blocks that no step writes (full
+        blocks of a decoding request, or the blocks of a paused one), so the source keeps stepping while its
+        KV is copied out. vLLM's multiprocess executor takes one RPC at a time, so there it waits for the step.
         """
-        parts = self.core.model_executor.collective_rpc(worker_ops.gather_blocks, args=(list(block_ids),))
+        with self._rpc_turn():
+            parts = self.core.model_executor.collective_rpc(worker_ops.gather_blocks, args=(list(block_ids),))
         return parts[0] if len(parts) == 1 else worker_ops.stack_ranks(parts)
+
+    def _rpc_turn(self) -> Any:
+        """The engine lock where RPCs to the workers must not overlap a step (multiprocess executor)."""
+        return contextlib.nullcontext() if self.tp_size == 1 else self._lock
 
     def pause(self, request_id: str) -> MigrationState:
         with self._lock:
@@ -371,12 +378,13 @@ class VllmEngine:
 
         with self._lock:
             self.blocks.check_reserved(block_ids, "import_blocks")
-        # Outside the lock: the blocks are this migration's alone, no step reads or writes them.
+        # In process, outside the lock: the blocks are this migration's alone, no step reads or writes them.
         buffer = torch.as_tensor(buffer)
-        if self.tp_size == 1:
-            self._rpc(worker_ops.scatter_blocks, list(block_ids), buffer)
-        else:
-            self.core.model_executor.collective_rpc(worker_ops.scatter_rank_blocks, args=(list(block_ids), buffer))
+        with self._rpc_turn():
+            if self.tp_size == 1:
+                self._rpc(worker_ops.scatter_blocks, list(block_ids), buffer)
+            else:
+                self.core.model_executor.collective_rpc(worker_ops.scatter_rank_blocks, args=(list(block_ids), buffer))
 
     def free_blocks(self, block_ids: Sequence[int]) -> None:
         with self._lock:
