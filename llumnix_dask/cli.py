@@ -111,7 +111,7 @@ def up_command(
     ),
     vllm_arg: list[str] = typer.Option(
         None, "--vllm-arg", help="A vLLM engine argument KEY=VALUE (VALUE as JSON when it parses), repeatable: "
-        "--vllm-arg tensor_parallel_size=2 --vllm-arg enable_prefix_caching=true."
+        "--vllm-arg enable_prefix_caching=true --vllm-arg enforce_eager=true."
     ),
     host: str = typer.Option("127.0.0.1", help="HTTP bind address."),
     port: int = typer.Option(8000, help="HTTP port (0 = any free port)."),

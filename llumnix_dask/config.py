@@ -161,7 +161,7 @@ class EngineConfig:
     # engine processes on one small box run much better with 1 each than with competing thread pools.
     cpu_threads: int | None = None
     # vllm backend only: further vLLM engine arguments (``vllm.EngineArgs`` fields), e.g.
-    # {"tensor_parallel_size": 2, "enable_prefix_caching": True, "enforce_eager": True}. They win over the
+    # {"enable_prefix_caching": True, "gpu_memory_utilization": 0.85, "enforce_eager": True}. They win over the
     # values derived from the fields above; an unknown name is refused when the engine starts.
     vllm_args: dict[str, Any] = field(default_factory=dict)
 

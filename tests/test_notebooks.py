@@ -18,12 +18,18 @@ CELL_TIMEOUT_S = 240
 WITHOUT_CLUSTER = {"04_simulator_study.ipynb"}
 
 
+# Notebooks with a backend switch (LLUMNIX_DASK_BACKEND) that also run on vLLM engines.
+WITH_BACKEND_SWITCH = {"01_quickstart.ipynb"}
+
+
 def _params():
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         marks = [pytest.mark.timeout(600)]
         if path.name not in WITHOUT_CLUSTER:
             marks.append(pytest.mark.e2e)
-        yield pytest.param(path, id=path.stem, marks=marks)
+        yield pytest.param(path, "nano", id=path.stem, marks=marks)
+        if path.name in WITH_BACKEND_SWITCH:
+            yield pytest.param(path, "vllm", id=f"{path.stem}-vllm", marks=[*marks, pytest.mark.vllm])
 
 
 def test_there_are_notebooks():
@@ -32,13 +38,14 @@ def test_there_are_notebooks():
     }
 
 
-@pytest.mark.parametrize("path", list(_params()))
-def test_notebook_runs_clean(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("path,backend", list(_params()))
+def test_notebook_runs_clean(path: Path, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     book = nbformat.read(path, as_version=4)
     # The kernel runs in a scratch directory so nothing lands in the repo; plots use the inline backend.
     monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("LLUMNIX_DASK_BACKEND", backend)
     client = nbclient.NotebookClient(
         book, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
