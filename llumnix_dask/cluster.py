@@ -27,9 +27,10 @@ import time
 from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
 
 from llumnix_dask.cluster_views import ClusterViews
-from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig, worker_dask_config
-from llumnix_dask.request import Priority, SamplingParams
-from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk
+from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig, worker_dask_config
+from llumnix_dask.request import Priority, Request, SamplingParams
+from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk, check_text, prompt_bound_tokens
+from llumnix_dask.scheduler.scaling_client import keep_instances
 from llumnix_dask.serve.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,32 @@ def _keep_worker_heaps() -> None:
         dask.config.set(ours)
 
 
+def _refuse_spawned_reimport() -> None:
+    """A script that starts a Cluster at module level runs again in every worker process it spawns (they
+    import the script as their ``__main__``); say what to do instead of Dask's bare "Nanny failed to start"."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None and multiprocessing.current_process().name != "MainProcess":
+        raise RuntimeError(_MAIN_GUARD_HINT)
+
+
+_MAIN_GUARD_HINT = (
+    "a Cluster started while this module was being imported by a worker process: scripts that start a "
+    "Cluster must do it under  if __name__ == \"__main__\":  (the worker processes are spawned and import "
+    "the script again)"
+)
+
+
+def _explain_start_failure(exc: BaseException) -> BaseException:
+    import sys
+
+    main = sys.modules.get("__main__")
+    if "Nanny failed to start" in str(exc) and getattr(main, "__file__", None):
+        return RuntimeError(f"the engine workers failed to start; if {main.__file__} starts a Cluster at module "
+                            f"level, {_MAIN_GUARD_HINT.split(': ', 1)[1]}")
+    return exc
+
+
 def with_cpu_threads(engine: EngineConfig, n_instances: int) -> EngineConfig:
     """``engine`` with this machine's cores divided among its instances, unless its threads are set.
 
@@ -75,8 +102,11 @@ class Cluster(ClusterViews):
 
     Parameters: ``n_instances`` engine instances (one Dask worker each; one GPU each when there are
     GPUs), ``model`` (an HF checkpoint directory; None = the built-in tiny model), ``backend``
-    ("nano" or "sim"), ``policy`` (:class:`PolicyConfig`), ``engine`` (a full :class:`EngineConfig`,
-    overrides model/backend), ``address`` (attach to an existing scheduler instead of starting one).
+    ("nano", "vllm" or "sim"), ``policy`` (:class:`PolicyConfig`), ``engine`` (a full :class:`EngineConfig`,
+    overrides model/backend), ``address`` (attach to an existing scheduler instead of starting one),
+    ``frontend`` (:class:`FrontendConfig`: recovery of a dead instance's requests, limits), ``security``
+    (a ``distributed.security.Security`` for TLS between every process; ``True`` = temporary certificates
+    for the embedded cluster).
     """
 
     def __init__(
@@ -95,6 +125,8 @@ class Cluster(ClusterViews):
         tokenizer: Any = None,
         timeout: float = 300.0,
         silence_logs: int = logging.WARNING,
+        frontend: FrontendConfig | None = None,
+        security: Any = None,
     ) -> None:
         from distributed import Client, LocalCluster
 
@@ -103,6 +135,14 @@ class Cluster(ClusterViews):
 
         if not isinstance(n_instances, int) or n_instances < 1:
             raise ValueError(f"n_instances: must be an integer >= 1, got {n_instances!r}")
+        if address is None:
+            _refuse_spawned_reimport()
+        if security is True:
+            from distributed.security import Security
+
+            security = Security.temporary()
+        self.security = security
+        self.frontend_config = frontend or FrontendConfig()
         self.engine_config = engine or EngineConfig(backend=backend, model=model)
         if address is None:
             self.engine_config = with_cpu_threads(self.engine_config, n_instances)
@@ -116,16 +156,20 @@ class Cluster(ClusterViews):
 
                 register_page()  # the embedded scheduler's dashboard gets the /llumnix page
             _keep_worker_heaps()
-            self._local = LocalCluster(
-                n_workers=n_instances,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=dashboard_address or ":0",  # None: any free port
-                silence_logs=silence_logs,
-            )
-            self.client = Client(self._local)
+            try:
+                self._local = LocalCluster(
+                    n_workers=n_instances,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=dashboard_address or ":0",  # None: any free port
+                    silence_logs=silence_logs,
+                    security=security,
+                )
+            except Exception as exc:
+                raise _explain_start_failure(exc) from exc
+            self.client = Client(self._local, security=security)
         else:
-            self.client = Client(address, timeout=timeout)
+            self.client = Client(address, timeout=timeout, security=security)
         self._loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop
         try:
             self.client.register_plugin(GlobalSchedulerPlugin(policy or PolicyConfig()))
@@ -151,15 +195,25 @@ class Cluster(ClusterViews):
                 if failed:
                     worker, res = next(iter(failed.items()))
                     raise RuntimeError(f"engine instance failed to start on {worker}: {res.get('exception_text') or res}")
-            self._wait_for_instances(lambda rows: len(rows) >= (n_instances if address is None else 1), timeout)
+            rows = self._wait_for_instances(lambda rows: len(rows) >= (n_instances if address is None else 1), timeout)
             self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.engine_config)
+            lens = [r.get("max_model_len") for r in rows if r.get("max_model_len")]
+            self.max_model_len: int | None = min(lens) if lens else None
             self.frontend: Frontend = self._run(self._start_frontend())
+            self.target_instances = n_instances if address is None else None
+            if self._local is not None:
+                self._keeper = asyncio.run_coroutine_threadsafe(keep_instances(self), self._loop)
         except BaseException:
             self.close()
             raise
 
     async def _start_frontend(self) -> Frontend:
-        return await Frontend(self.client.scheduler.address, tokenizer=self.tokenizer).start()
+        args = {}
+        if self.security is not None:
+            args = {"connection_args": self.security.get_connection_args("client"),
+                    "listen_args": self.security.get_listen_args("client")}
+        return await Frontend(self.client.scheduler.address, tokenizer=self.tokenizer, max_model_len=self.max_model_len,
+                              config=self.frontend_config, **args).start()
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _run(self, coro: Coroutine, timeout: float | None = None) -> Any:
@@ -207,6 +261,24 @@ class Cluster(ClusterViews):
 
     def _make_request(self, prompt: Any, sampling: SamplingParams, priority: Any, slo: float | None) -> Any:
         return self.frontend.make_request(prompt, sampling, priority=priority, slo_ttft_s=slo)
+
+    async def amake_request(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        priority: Priority | int | str = Priority.NORMAL,
+        slo: float | None = None,
+        **sampling_kwargs: Any,
+    ) -> Request:
+        """A validated :class:`Request` for ``prompt`` without blocking the caller's event loop (a long prompt
+        is tokenized in a helper process); pass it to :meth:`astream_request` / :meth:`agenerate_request`."""
+        sampling = _sampling(sampling, sampling_kwargs)
+        if isinstance(prompt, str) and self.tokenizer is not None and hasattr(self.tokenizer, "aencode"):
+            check_text(prompt)
+            self.frontend._check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling, at_least=True)
+            prompt = await self.tokenizer.aencode(prompt, self.frontend_config.tokenize_in_process_above_bytes)
+        return self._make_request(prompt, sampling, priority, slo)
 
     # -- requests ------------------------------------------------------------------------------------
     def submit(
@@ -307,6 +379,15 @@ class Cluster(ClusterViews):
         async for chunk in self._bridge(self.frontend.stream(request)):
             yield chunk if details else chunk.text
 
+    async def astream_request(self, request: Request) -> AsyncIterator[StreamChunk]:
+        """The chunks of a request made by :meth:`amake_request`, from any event loop."""
+        async for chunk in self._bridge(self.frontend.stream(request)):
+            yield chunk
+
+    async def agenerate_request(self, request: Request) -> Completion:
+        """The :class:`Completion` of a request made by :meth:`amake_request`, from any event loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.frontend.generate(request), self._loop))
+
     async def agenerate(
         self,
         prompt: str | Sequence[int],
@@ -395,12 +476,16 @@ class Cluster(ClusterViews):
         self._closed = True
         if self._autoscaler is not None:
             self._autoscaler.cancel()
+        if getattr(self, "_keeper", None) is not None:
+            self._keeper.cancel()
         frontend = getattr(self, "frontend", None)
         if frontend is not None:
             try:
                 self._run(frontend.close(), 10)
             except Exception:
                 logger.debug("frontend close failed", exc_info=True)
+        if getattr(self, "tokenizer", None) is not None and hasattr(self.tokenizer, "close"):
+            self.tokenizer.close()
         try:
             self.client.close()
         finally:

@@ -81,6 +81,11 @@ class PolicyConfig:
     scale_down_freeness: float = 75.0
     min_instances: int = 1
     max_instances: int = 16
+    # Admission control (bounded global queue): a new normal request is refused ("overloaded", HTTP 429 with
+    # Retry-After) when the requests queued across the cluster reach this many per serving instance; a
+    # high-priority one only at the second limit. None = no limit.
+    queue_limit_per_instance: int | None = 256
+    high_priority_queue_limit_per_instance: int | None = 1024
     # Ticks of the scheduler loops (seconds of wall time, or of simulated time in the simulator).
     migration_interval_s: float = 0.05
     scaling_interval_s: float = 10.0
@@ -94,6 +99,10 @@ class PolicyConfig:
         _check_positive(self, "migration_interval_s", "scaling_interval_s")
         _check_positive(self, "priority_headroom_blocks", "scaling_patience_s", allow_zero=True)
         _check_positive(self, "ttft_slo_s", "ttft_slo_high_s")
+        for name in ("queue_limit_per_instance", "high_priority_queue_limit_per_instance"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                _fail(self, name, f"must be an integer >= 1 or None, got {value!r}")
         if self.min_instances < 1:
             _fail(self, "min_instances", f"must be >= 1, got {self.min_instances}")
         if self.max_instances < self.min_instances:
@@ -317,6 +326,38 @@ class SimConfig:
 
 
 @dataclass(frozen=True)
+class FrontendConfig:
+    """The client side of a cluster (``Cluster``, the HTTP server): request intake, streams, recovery."""
+
+    # A request whose instance died continues on another one: prompt and the tokens it already streamed are
+    # recomputed there and sampling goes on from the same position (greedy and seeded requests yield the
+    # tokens they would have). False: such a request ends with an error saying why.
+    recover_requests: bool = True
+    max_recoveries: int = 3
+    # A request silent this long gets its instance checked (seconds); a closed token stream triggers the
+    # check at once.
+    stall_check_s: float = 3.0
+    # A missing token index (a message that never came) is fetched from the instance holding the request
+    # after this long.
+    token_gap_timeout_s: float = 2.0
+    health_check_interval_s: float = 0.5
+    # Requests in flight in one frontend; beyond it new ones are refused as overloaded (bounded memory).
+    max_active_requests: int = 10_000
+    # Prompts longer than this (bytes) are tokenized in a helper process: tokenizers hold the GIL, and a
+    # megabyte prompt would stall every stream of this process for a second.
+    tokenize_in_process_above_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "stall_check_s", "token_gap_timeout_s", "health_check_interval_s")
+        for name in ("max_recoveries", "tokenize_in_process_above_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                _fail(self, name, f"must be an integer >= 0, got {value!r}")
+        if not isinstance(self.max_active_requests, int) or self.max_active_requests < 1:
+            _fail(self, "max_active_requests", f"must be an integer >= 1, got {self.max_active_requests!r}")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """HTTP front end (`llumnix-dask up`)."""
 
@@ -324,13 +365,14 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     model_name: str = "llumnix-tiny"
-    # Load reports from an instance are pushed at most this often (seconds).
-    load_report_interval_s: float = 0.01
+    # Larger request bodies are refused with 413 before they are read in full.
+    max_request_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             _fail(self, "port", f"must be an integer in [0, 65535], got {self.port!r}")
-        _check_positive(self, "load_report_interval_s")
+        if not isinstance(self.max_request_bytes, int) or self.max_request_bytes < 1024:
+            _fail(self, "max_request_bytes", f"must be an integer >= 1024, got {self.max_request_bytes!r}")
 
 
 def _coerce_policy_value(current: PolicyConfig, name: str, value: Any) -> Any:

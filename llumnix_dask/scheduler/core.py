@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llumnix_dask.config import PolicyConfig, updated_policy
+from llumnix_dask.policy import admission as admission_policy
 from llumnix_dask.policy import dispatch as dispatch_policy
 from llumnix_dask.policy import migration as migration_policy
 from llumnix_dask.policy import scaling as scaling_policy
@@ -218,6 +219,13 @@ class GlobalScheduler:
             num_tokens=num_prompt_tokens,
             arrival_time=arrival_time,
         )
+
+    def admit(self, request: RequestLoad) -> admission_policy.Admission:
+        """Admission control of a new request (a bounded global queue; see :mod:`llumnix_dask.policy.admission`)."""
+        serving = [r for r in self.instances.values() if not r.terminating]
+        queued = sum(r.load.num_waiting for r in serving)
+        return admission_policy.admit(int(request.priority), queued, len(serving), self.policy,
+                                      lambda: self.latency.finish_rate(self.clock()))
 
     def dispatch(self, request: RequestLoad) -> InstanceRecord:
         """Pick an instance for a new request; raises NoInstanceAvailable with a clear message."""

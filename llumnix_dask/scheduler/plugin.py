@@ -20,6 +20,7 @@ Handlers it adds to the Dask scheduler (call them with ``client.scheduler.<name>
 ``llumnix_set_target``          the wanted number of instances (``Cluster.scale``)
 ``llumnix_abort``                forward an abort to wherever the request lives now
 ``llumnix_report_loads``         load reports by rpc (instances outside this Dask cluster, benchmarks)
+``llumnix_request_tokens``       output tokens of a request from an index on, from the instance holding it
 =============================== ===========================================================================
 """
 
@@ -87,6 +88,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             "llumnix_scaling_plan": self.scaling_plan,
             "llumnix_set_target": self.set_target,
             "llumnix_abort": self.abort,
+            "llumnix_request_tokens": self.request_tokens,
             "llumnix_report_loads": self.report_loads,
         }
         scheduler.handlers.update(handlers)
@@ -131,6 +133,9 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
     ) -> dict:
         start = time.perf_counter()
         req = self.core.request_load(request_id, int(num_prompt_tokens), int(priority), arrival_time or time.time())
+        admission = self.core.admit(req)
+        if not admission.admitted:
+            return {"status": "overloaded", "error": admission.reason, "retry_after_s": admission.retry_after_s}
         try:
             rec = self.core.dispatch(req)
         except NoInstanceAvailable as exc:
@@ -211,6 +216,18 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         except Exception as exc:
             return {"status": "error", "error": str(exc)}
         return {"status": "OK", "found": True}
+
+    async def request_tokens(self, request_id: str, start: int = 0, instance_id: str | None = None) -> dict:
+        """Output tokens of a request from index ``start`` on, from the instance that holds it (a frontend
+        whose token message never arrived)."""
+        iid = instance_id or self.core.request_locations.get(request_id)
+        rec = self.core.instances.get(iid) if iid else None
+        if rec is None:
+            return {"status": "unknown"}
+        try:
+            return await self.scheduler.rpc(rec.address).llumnix_request_tokens(request_id=request_id, start=int(start))
+        except Exception as exc:
+            return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
 
     def drain(self, instance_ids: list[str] | None = None, count: int | None = None) -> dict:
         try:

@@ -104,3 +104,32 @@ async def autoscale_loop(cluster: Any, poll_s: float = 0.5) -> None:
             raise
         except Exception:
             logger.exception("llumnix autoscaler step failed")
+
+
+async def keep_instances(cluster: Any, poll_s: float = 1.0) -> None:
+    """Keep the embedded cluster at its target size until cancelled: a worker that died is restarted by its
+    Nanny; one whose Nanny went too (or that closed itself) is replaced here."""
+    from distributed.core import Status
+
+    sched = cluster.client.scheduler
+    while True:
+        await asyncio.sleep(poll_s)
+        if cluster._autoscaler is not None and not cluster._autoscaler.done():
+            continue  # Cluster.adapt's loop owns the size
+        try:
+            plan = await sched.llumnix_scaling_plan()
+            local = cluster._local
+            target = plan["target"] or cluster.target_instances
+            gone = [name for name, w in list(local.workers.items())
+                    if getattr(w, "status", None) in (Status.closed, Status.failed, Status.closing_gracefully)]
+            for name in gone:
+                local.worker_spec.pop(name, None)
+                local.workers.pop(name, None)
+            if target and plan["active"] < target and len(local.worker_spec) <= plan["total"]:
+                logger.warning("llumnix cluster has %d of %d instances; starting %d", plan["active"], target,
+                               target - plan["active"])
+                local.scale(len(local.worker_spec) + target - plan["active"])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("llumnix instance keeper step failed")

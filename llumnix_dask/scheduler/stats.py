@@ -69,6 +69,11 @@ class LatencyWindow:
     def __len__(self) -> int:
         return len(self._items)
 
+    def finish_rate(self, now: float, window_s: float = 30.0) -> float:
+        """Requests finished per second over the last ``window_s`` seconds (by their finish time)."""
+        recent = sum(1 for r in reversed(self._items) if now - r.finish_time <= window_s)
+        return recent / window_s
+
     def summary(self, slo_targets: dict[int, float | None] | None = None) -> dict[str, dict]:
         """``{"normal": {"ttft": {...}, "tpot": {...}, "e2e": {...}, "slo_attainment": x}, "high": ..., "all": ...}``.
 

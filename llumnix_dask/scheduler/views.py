@@ -35,7 +35,7 @@ def instance_rows(gs: "GlobalScheduler") -> list[dict]:
                 "migrating": rec.migrating or load.migrating,
                 "dispatched": rec.dispatched,
                 "last_report": rec.last_report,
-                **{k: v for k, v in rec.info.items() if k in ("backend", "model", "device")},
+                **{k: v for k, v in rec.info.items() if k in ("backend", "model", "device", "max_model_len")},
             }
         )
     return rows

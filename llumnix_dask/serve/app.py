@@ -7,6 +7,11 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with ``str
 ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /llumnix/snapshot`` (the global
 scheduler's snapshot). With an API key every ``/v1`` and ``/llumnix`` route needs
 ``Authorization: Bearer <key>``; ``/health`` and ``/metrics`` stay open for probes and scrapers.
+
+No request holds the event loop: bodies over ``ServeConfig.max_request_bytes`` get 413 before they are read,
+a prompt too long for the model's context is refused before it is tokenized (and a long one is tokenized in
+a helper process), and a client that goes away stops its request, streaming or not. When the cluster's
+queue is full a request gets 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from typing import Any, AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llumnix_dask.config import ServeConfig
-from llumnix_dask.serve.frontend import NoInstanceError, RequestFailed, StreamChunk
+from llumnix_dask.serve.frontend import InstanceLost, NoInstanceError, Overloaded, RequestFailed, StreamChunk
 from llumnix_dask.serve.metrics import ServerMetrics
 from llumnix_dask.serve.protocol import (
     APIError,
@@ -50,6 +56,7 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
     created = int(time.time())
     app = FastAPI(title="llumnix-dask", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.cluster, app.state.metrics, app.state.config = cluster, metrics, config
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
 
     async def check_key(request: Request) -> None:
         if not config.api_key:
@@ -61,7 +68,12 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -101,7 +113,7 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
                            param="model", code="model_not_found")
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, http: Request) -> Any:
         check_model(body.model)
         sampling = _sampling(body)
         prompts = body.prompts()
@@ -122,7 +134,7 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
                 return out
 
             return await _sse(cluster, prompts[0], sampling, body, chunk_json)
-        results = await asyncio.gather(*(_generate(cluster, p, sampling, body) for p in prompts))
+        results = await _generate_all(cluster, http, prompts, sampling, body)
         return {
             "id": rid, "object": "text_completion", "created": int(time.time()), "model": config.model_name,
             "choices": [
@@ -133,7 +145,7 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    async def chat_completions(body: ChatCompletionRequest, http: Request) -> Any:
         check_model(body.model)
         sampling = _sampling(body)
         prompt = chat_prompt(body.messages)
@@ -156,7 +168,7 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
                 return out
 
             return await _sse(cluster, prompt, sampling, body, chunk_json)
-        c = await _generate(cluster, prompt, sampling, body)
+        (c,) = await _generate_all(cluster, http, [prompt], sampling, body)
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": config.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
@@ -181,8 +193,14 @@ def _usage(prompt: int, completion: int) -> dict:
 def _as_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, Overloaded):
+        retry = max(1, int(round(exc.retry_after_s)))
+        return APIError(429, f"{exc}; retry after {retry} s", type_="rate_limit_error", code="overloaded",
+                        headers={"Retry-After": str(retry)})
     if isinstance(exc, NoInstanceError):
         return APIError(503, str(exc), type_="server_error", code="no_instance")
+    if isinstance(exc, InstanceLost):
+        return APIError(503, str(exc), type_="server_error", code="instance_lost")
     if isinstance(exc, (ValueError, RequestFailed)):
         # The engine rejects what it can never serve (too long, bad params): the client's fault.
         return APIError(400, str(exc))
@@ -190,17 +208,46 @@ def _as_api_error(exc: BaseException) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error")
 
 
-async def _generate(cluster: Any, prompt: Any, sampling: Any, body: Any) -> Any:
+async def _make(cluster: Any, prompt: Any, sampling: Any, body: Any) -> Any:
+    """The validated, tokenized request (off the event loop for long prompts); bad input is a 400."""
     try:
-        return await cluster.agenerate(prompt, sampling, priority=body.priority_value, slo=body.slo_ttft_s)
+        return await cluster.amake_request(prompt, sampling, priority=body.priority_value, slo=body.slo_ttft_s)
     except Exception as exc:
         raise _as_api_error(exc) from None
 
 
+async def _generate_all(cluster: Any, http: Request, prompts: list, sampling: Any, body: Any) -> list:
+    """Generate every prompt; if the client disconnects first, stop them all (their KV is freed)."""
+    requests = [await _make(cluster, p, sampling, body) for p in prompts]
+    work = asyncio.ensure_future(asyncio.gather(*(cluster.agenerate_request(r) for r in requests)))
+    watcher = asyncio.ensure_future(_disconnected(http))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not work.done():
+        work.cancel()  # the client went away: cancelling aborts each request on its instance
+        try:
+            await work
+        except BaseException:
+            pass
+        raise APIError(499, "the client closed the request")
+    try:
+        return work.result()
+    except Exception as exc:
+        raise _as_api_error(exc) from None
+
+
+async def _disconnected(http: Request, poll_s: float = 0.25) -> None:
+    while not await http.is_disconnected():
+        await asyncio.sleep(poll_s)
+
+
 async def _sse(cluster: Any, prompt: Any, sampling: Any, body: Any, chunk_json: Any) -> Any:
     """Start the stream; errors before the first token become a normal JSON error response."""
+    request = await _make(cluster, prompt, sampling, body)
     try:
-        stream = cluster.astream(prompt, sampling, priority=body.priority_value, slo=body.slo_ttft_s, details=True)
+        stream = cluster.astream_request(request)
         first = await stream.__anext__()
     except StopAsyncIteration:
         first, stream = None, None
@@ -218,7 +265,7 @@ async def _sse(cluster: Any, prompt: Any, sampling: Any, body: Any, chunk_json: 
                     n_tokens += len(chunk.token_ids)
                     yield f"data: {json.dumps(chunk_json(chunk))}\n\n"
             if include_usage:
-                yield f"data: {json.dumps(chunk_json(None, _usage(0, n_tokens)))}\n\n"
+                yield f"data: {json.dumps(chunk_json(None, _usage(request.num_prompt_tokens, n_tokens)))}\n\n"
         except Exception as exc:  # mid-stream failure: tell the client in-band, then end the stream
             yield f"data: {json.dumps(_as_api_error(exc).body())}\n\n"
         finally:
@@ -227,6 +274,45 @@ async def _sse(cluster: Any, prompt: Any, sampling: Any, body: Any, chunk_json: 
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 without being read in full (by its
+    Content-Length, or counted as it streams in)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise StarletteHTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes (ServeConfig.max_request_bytes)"
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(error_body(self._message(), code="request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _json_safe(value: Any) -> Any:

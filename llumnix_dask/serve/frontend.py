@@ -9,6 +9,7 @@ stream that hops instances during a live migration reaches the caller intact, ea
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,14 +19,16 @@ from distributed.core import Server
 from distributed.protocol import to_serialize
 from distributed.utils import get_ip
 
+from llumnix_dask.config import FrontendConfig
 from llumnix_dask.request import Priority, Request, SamplingParams
 from llumnix_dask.serve.dispatch_client import DispatchClient
+from llumnix_dask.serve.token_order import TokenOrder
 from llumnix_dask.workers.streams import TOKEN_MESSAGE_OP, TOKEN_STREAM_OP
 
 logger = logging.getLogger(__name__)
 
-# A request that makes no progress this long gets its instance checked; a vanished instance fails it.
-STALL_CHECK_S = 3.0
+# Aborted requests remembered, so that tokens a copy still sends for them get that copy stopped.
+_CLOSED_MEMORY = 4096
 
 
 class NoInstanceError(RuntimeError):
@@ -34,6 +37,10 @@ class NoInstanceError(RuntimeError):
 
 class RequestFailed(RuntimeError):
     """An instance reported an error for the request (or died with it)."""
+
+
+class InstanceLost(RequestFailed):
+    """The instance serving the request left the cluster and the request could not continue elsewhere."""
 
 
 @dataclass
@@ -76,25 +83,33 @@ class RequestHandle:
 
     request: Request
     queue: asyncio.Queue
-    instance_id: str = ""
+    instance_id: str = ""  # where it was last sent (dispatch, or recovery)
     address: str = ""
     dispatch_s: float = 0.0
-    next_index: int = 0
-    pending: dict[int, dict] = field(default_factory=dict)
+    order: TokenOrder = field(default_factory=TokenOrder)
     token_ids: list[int] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
-    instances: list[str] = field(default_factory=list)
-    dropped_copies: set[str] = field(default_factory=set)  # instances told to drop a duplicate copy
     finished: bool = False
     finish_reason: str | None = None
     error: str | None = None
     last_progress: float = 0.0
     start: float = 0.0
+    recoveries: int = 0
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def instances(self) -> list[str]:
+        """Every instance that produced tokens, in order (more than one: migrated or recovered)."""
+        return self.order.instances
+
+    @property
+    def holder(self) -> str:
+        """The instance that holds the request as far as this frontend knows."""
+        return self.order.following or self.instance_id
 
 
 class Frontend:
@@ -111,20 +126,29 @@ class Frontend:
         tokenizer: Any = None,
         host: str | None = None,
         connection_args: dict | None = None,
+        listen_args: dict | None = None,
         on_finished: Callable[[Completion], None] | None = None,
         max_model_len: int | None = None,
+        config: FrontendConfig | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.config = config or FrontendConfig()
         self._host = host
         self._connection_args = connection_args or {}
+        self._listen_args = listen_args or {}
         self.on_finished = on_finished
         self.server: Server | None = None
         self.address: str | None = None
         self._active: dict[str, RequestHandle] = {}
+        self._closed_ids: collections.OrderedDict[str, set[str]] = collections.OrderedDict()
         self._finished_reports: list[dict] = []
         self._tasks: list[asyncio.Task] = []
+        self._comm_instances: dict[int, set[str]] = {}  # token-stream comm -> instances seen on it
+        self._suspects: dict[str, float] = {}  # instance -> since when its token stream closed
+        self._check_now = asyncio.Event()
+        self.num_recovered = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> "Frontend":
@@ -134,8 +158,9 @@ class Frontend:
             connection_args=self._connection_args,
         )
         host = self._host or _reachable_host(self.scheduler_address)
+        protocol = self.scheduler_address.split("://", 1)[0] if "://" in self.scheduler_address else "tcp"
         await self.server.start()
-        await self.server.listen(f"tcp://{host}:0", **self._connection_args)
+        await self.server.listen(f"{protocol}://{host}:0", **self._listen_args)
         self.address = self.server.address
         self.dispatcher = DispatchClient(lambda: self.scheduler)
         self._tasks = [
@@ -157,10 +182,6 @@ class Frontend:
     def scheduler(self) -> Any:
         return self.server.rpc(self.scheduler_address)
 
-    @property
-    def num_active(self) -> int:
-        return len(self._active)
-
     # -- requests ------------------------------------------------------------------------------------
     def make_request(
         self,
@@ -172,60 +193,70 @@ class Frontend:
         request_id: str | None = None,
     ) -> Request:
         """Tokenize and validate; raises ValueError with a message fit for a 400 response."""
+        text = None
         if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt: must not be empty")
+            text = prompt
+            check_text(prompt)
             if self.tokenizer is None:
                 raise ValueError("prompt: this frontend has no tokenizer; pass token ids")
+            self._check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling, at_least=True)
             token_ids = list(self.tokenizer.encode(prompt))
-            text = prompt
         else:
             token_ids = [int(t) for t in prompt]
-            text = None
         if not token_ids:
             raise ValueError("prompt: must not be empty")
-        if self.max_model_len is not None and len(token_ids) + sampling.max_tokens > self.max_model_len:
-            raise ValueError(
-                f"prompt: {len(token_ids)} prompt tokens + max_tokens {sampling.max_tokens} exceed the model's "
-                f"context of {self.max_model_len} tokens"
-            )
+        self._check_fits(len(token_ids), sampling)
         return Request.new(
-            token_ids,
-            sampling,
-            priority=priority,
-            slo_ttft_s=slo_ttft_s,
-            request_id=request_id,
-            arrival_time=time.time(),
-            prompt=text,
+            token_ids, sampling, priority=priority, slo_ttft_s=slo_ttft_s, request_id=request_id,
+            arrival_time=time.time(), prompt=text,
+        )
+
+    def _check_fits(self, num_prompt_tokens: int, sampling: SamplingParams, at_least: bool = False) -> None:
+        """Prompt + max_tokens must fit the model's context (vLLM's rule: a 400, never a silent truncation)."""
+        limit = self.max_model_len
+        if limit is None or num_prompt_tokens + sampling.max_tokens <= limit:
+            return
+        tokens = f"at least {num_prompt_tokens}" if at_least else str(num_prompt_tokens)
+        raise ValueError(
+            f"prompt: {tokens} prompt tokens + max_tokens {sampling.max_tokens} exceed the model's context of "
+            f"{limit} tokens; shorten the prompt or lower max_tokens"
         )
 
     async def submit(self, request: Request) -> RequestHandle:
         """Dispatch ``request`` and hand it to its instance; tokens arrive in ``handle.queue``."""
+        if len(self._active) >= self.config.max_active_requests:
+            raise Overloaded(f"this frontend already has {len(self._active)} requests in flight", retry_after_s=1.0)
         handle = RequestHandle(request, asyncio.Queue(), start=time.perf_counter())
         handle.last_progress = time.monotonic()
         self._active[request.request_id] = handle
         try:
-            t0 = time.perf_counter()
-            decision = await self.dispatcher.dispatch(
-                request_id=request.request_id,
-                num_prompt_tokens=request.num_prompt_tokens,
-                priority=int(request.priority),
-                arrival_time=request.arrival_time,
-            )
-            handle.dispatch_s = time.perf_counter() - t0
-            if decision.get("status") != "OK":
-                raise NoInstanceError(decision.get("error", "no instance available"))
-            handle.instance_id, handle.address = decision["instance_id"], decision["address"]
-            request.instance_id = handle.instance_id
-            reply = await self.server.rpc(handle.address).llumnix_add_request(
-                request=to_serialize(request), frontend=self.address
-            )
-            if reply.get("status") != "OK":
-                raise RequestFailed(reply.get("error", "the instance refused the request"))
+            await self._send(handle, request)
         except BaseException:
             self._active.pop(request.request_id, None)
             raise
         return handle
+
+    async def _send(self, handle: RequestHandle, request: Request) -> None:
+        """Dispatch ``request`` (new, or a recovered continuation) and add it on the chosen instance."""
+        t0 = time.perf_counter()
+        decision = await self.dispatcher.dispatch(
+            request_id=request.request_id,
+            num_prompt_tokens=request.num_tokens,
+            priority=int(request.priority),
+            arrival_time=request.arrival_time,
+        )
+        handle.dispatch_s += time.perf_counter() - t0
+        if decision.get("status") == "overloaded":
+            raise Overloaded(decision.get("error", "the cluster is overloaded"), decision.get("retry_after_s", 1.0))
+        if decision.get("status") != "OK":
+            raise NoInstanceError(decision.get("error", "no instance available"))
+        handle.instance_id, handle.address = decision["instance_id"], decision["address"]
+        request.instance_id = handle.instance_id
+        reply = await self.server.rpc(handle.address).llumnix_add_request(
+            request=to_serialize(request), frontend=self.address
+        )
+        if reply.get("status") != "OK":
+            raise RequestFailed(reply.get("error", "the instance refused the request"))
 
     async def chunks(self, handle: RequestHandle) -> AsyncIterator[StreamChunk]:
         """Yield the request's chunks until it finishes; aborts it if the consumer stops early."""
@@ -257,6 +288,7 @@ class Frontend:
         if self._active.pop(handle.request_id, None) is None:
             return
         handle.finished, handle.finish_reason = True, "abort"
+        self._remember_closed(handle.request_id)
         self._record_finished(handle)  # the scheduler forgets where it lived; metrics count the abort
         try:
             if handle.address:
@@ -265,6 +297,11 @@ class Frontend:
             await self.scheduler.llumnix_abort(request_id=handle.request_id)
         except Exception as exc:  # the instance may be gone; nothing left to stop
             logger.debug("abort of %s failed: %s", handle.request_id, exc)
+
+    def _remember_closed(self, request_id: str) -> None:
+        self._closed_ids[request_id] = set()
+        while len(self._closed_ids) > _CLOSED_MEMORY:
+            self._closed_ids.popitem(last=False)
 
     def completion(self, handle: RequestHandle) -> Completion:
         times = handle.token_times
@@ -287,74 +324,67 @@ class Frontend:
 
     # -- token reception -----------------------------------------------------------------------------
     async def _token_stream(self, comm: Any) -> None:
-        await self.server.handle_stream(comm)
+        key = id(comm)
+        self._comm_instances[key] = set()
+        try:
+            await self.server.handle_stream(comm, extra={"comm_key": key})
+        finally:
+            # The worker's stream closed: its instance may have died; check its requests at once.
+            now = time.monotonic()
+            for inst in self._comm_instances.pop(key, ()):
+                self._suspects.setdefault(inst, now)
+            self._check_now.set()
 
-    def _on_tokens(self, messages: list[dict]) -> None:
+    def _on_tokens(self, messages: list[dict], comm_key: int | None = None) -> None:
         now = time.perf_counter()
+        seen = self._comm_instances.get(comm_key) if comm_key is not None else None
         for msg in messages:
+            inst = msg.get("inst")
+            if seen is not None and inst:
+                seen.add(inst)
             handle = self._active.get(msg["rid"])
             if handle is None:
-                continue  # aborted, failed, or a duplicate after completion
-            if handle.dropped_copies and msg.get("inst") in handle.dropped_copies:
-                continue  # the end of a duplicate copy we stopped (its "abort" must not end the request)
+                self._stop_orphan(msg)
+                continue
             handle.last_progress = time.monotonic()
             if "error" in msg:
-                self._fail(handle, f"instance {msg.get('inst')}: {msg['error']}")
+                if inst not in handle.order.ignored:
+                    self._fail(handle, f"instance {inst}: {msg['error']}")
                 continue
-            start = msg["i"]
-            if start > handle.next_index:
-                handle.pending[start] = msg  # an earlier batch (from the migration source) is still in flight
-                continue
-            self._deliver(handle, msg, now)
-            while handle.next_index in handle.pending and not handle.finished:
-                self._deliver(handle, handle.pending.pop(handle.next_index), now)
+            self._accept(handle, msg, now)
 
-    def _deliver(self, handle: RequestHandle, msg: dict, now: float) -> None:
-        start, ids = msg["i"], msg["ids"]
-        skip = handle.next_index - start
-        if skip >= len(ids) and not (msg["done"] and skip == len(ids)):
-            self._drop_duplicate_copy(handle, msg.get("inst"))
-            return  # already delivered
-        new_ids = ids[skip:] if skip > 0 else ids
-        text = msg["text"] if skip <= 0 else self._decode(new_ids)
+    def _accept(self, handle: RequestHandle, msg: dict, now: float) -> None:
+        accepted = handle.order.accept(msg, now)
+        if accepted.stop_copy is not None:
+            victim, survivor = accepted.stop_copy
+            logger.warning("request %s runs on %s and %s; stopping the copy on %s",
+                           handle.request_id, victim, survivor, victim)
+            self._spawn(self._abort_copy(handle.request_id, victim, survivor))
+        for chunk in accepted.chunks:
+            text = chunk.text if chunk.text is not None else self._decode(chunk.token_ids)
+            handle.token_ids.extend(chunk.token_ids)
+            handle.text_parts.append(text)
+            handle.token_times.extend([now] * len(chunk.token_ids))
+            if chunk.finished:
+                handle.finished, handle.finish_reason = True, chunk.finish_reason
+            handle.queue.put_nowait(StreamChunk(handle.request_id, chunk.index, chunk.token_ids, text,
+                                                chunk.finished, chunk.finish_reason, chunk.instance_id))
+            if chunk.finished:
+                self._active.pop(handle.request_id, None)
+                self._record_finished(handle)
+
+    def _stop_orphan(self, msg: dict) -> None:
+        """Tokens for a request this frontend closed: a copy is still generating somewhere (it moved while
+        its abort was on the way); stop it where it is, once."""
+        told = self._closed_ids.get(msg["rid"])
         inst = msg.get("inst")
-        if inst and (not handle.instances or handle.instances[-1] != inst):
-            handle.instances.append(inst)
-        handle.next_index += len(new_ids)
-        handle.token_ids.extend(new_ids)
-        handle.text_parts.append(text)
-        handle.token_times.extend([now] * len(new_ids))
-        finished = bool(msg["done"])
-        if finished:
-            handle.finished, handle.finish_reason = True, msg.get("reason")
-        chunk = StreamChunk(handle.request_id, start + max(skip, 0), new_ids, text, finished, msg.get("reason"), inst)
-        handle.queue.put_nowait(chunk)
-        if finished:
-            self._active.pop(handle.request_id, None)
-            self._record_finished(handle)
-
-    def _drop_duplicate_copy(self, handle: RequestHandle, inst: str | None) -> None:
-        """Tokens the client already has, from another instance than the one it follows: a second live copy.
-
-        That happens when a migration's commit reached the destination but its answer did not reach the source,
-        which then resumed the request (and could not reach the destination to undo the commit, or did so only
-        after the destination had streamed some tokens). Both copies yield the same tokens (sampling is a pure
-        function of seed and position), so the client never sees the difference. The copy that stays is the
-        source's, as in the migration protocol and the scheduler's records: the one on the instance the request
-        joined last is stopped, and whatever it still sends is ignored.
-        """
-        follow = handle.instances[-1] if handle.instances else None
-        if not inst or not follow or inst == follow or self.server is None:
+        if told is None or not inst or inst in told or msg.get("done"):
             return
-        if inst in handle.dropped_copies or follow in handle.dropped_copies:
-            return  # already settled; the surviving copy is catching up
-        first = {}
-        for i, name in enumerate(handle.instances):
-            first.setdefault(name, i)
-        victim, survivor = (inst, follow) if first.get(inst, len(first) + 1) > first[follow] else (follow, inst)
-        handle.dropped_copies.add(victim)
-        logger.warning("request %s runs on %s and %s; stopping the copy on %s", handle.request_id, follow, inst, victim)
-        task = asyncio.ensure_future(self._abort_copy(handle.request_id, victim, survivor))
+        told.add(inst)
+        self._spawn(self._abort_copy(msg["rid"], inst, None))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
@@ -370,13 +400,13 @@ class Frontend:
         except Exception:
             return ""
 
-    def _fail(self, handle: RequestHandle, message: str) -> None:
+    def _fail(self, handle: RequestHandle, message: str, kind: type[RequestFailed] = RequestFailed) -> None:
         self._active.pop(handle.request_id, None)
         handle.error, handle.finish_reason = message, "error"
-        handle.queue.put_nowait(RequestFailed(message))
+        handle.queue.put_nowait(kind(message))
         self._record_finished(handle)
 
-    # -- reporting and health ------------------------------------------------------------------------
+    # -- reporting -----------------------------------------------------------------------------------
     def _record_finished(self, handle: RequestHandle) -> None:
         done = self.completion(handle)
         self._finished_reports.append(
@@ -413,23 +443,116 @@ class Frontend:
             await asyncio.sleep(0.25)
             await self._flush_reports()
 
+    # -- health: gaps, dead instances ----------------------------------------------------------------
     async def _watchdog(self) -> None:
-        """Fail requests whose instance vanished (worker died) instead of letting callers hang."""
+        """Requests that stall, wait for a token that never came, or whose instance's stream closed are
+        checked against the scheduler's instances: a dead instance's requests continue elsewhere (or fail,
+        when recovery is off), a missing token is fetched from the instance that holds the request."""
+        cfg = self.config
         while True:
-            await asyncio.sleep(STALL_CHECK_S / 2)
-            now = time.monotonic()
-            stalled = [h for h in self._active.values() if now - h.last_progress > STALL_CHECK_S and h.address]
-            if not stalled:
-                continue
             try:
-                rows = await self.scheduler.llumnix_instances()
-            except Exception:
-                continue
-            alive = {row["instance_id"] for row in rows}
-            for handle in stalled:
-                current = handle.instances[-1] if handle.instances else handle.instance_id
-                if current not in alive and handle.request_id in self._active:
-                    self._fail(handle, f"instance {current} left the cluster while serving this request")
+                await asyncio.wait_for(self._check_now.wait(), cfg.health_check_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._check_now.clear()
+            try:
+                await self._health_check()
+            except Exception:  # never let the watchdog die
+                logger.exception("frontend health check failed")
+
+    async def _health_check(self) -> None:
+        cfg, now, perf = self.config, time.monotonic(), time.perf_counter()
+        gaps = [h for h in self._active.values() if h.order.gap_age(perf) > cfg.token_gap_timeout_s]
+        suspects = set(self._suspects)
+        stalled = [h for h in self._active.values()
+                   if h.address and (h.holder in suspects or now - h.last_progress > cfg.stall_check_s)]
+        if not gaps and not stalled and not suspects:
+            return
+        rows = await self.scheduler.llumnix_instances()
+        alive = {row["instance_id"] for row in rows}
+        for inst, since in list(self._suspects.items()):
+            if inst in alive and now - since > cfg.stall_check_s:
+                del self._suspects[inst]  # its stream closed but it lives on (it reconnects by itself)
+        for handle in stalled:
+            if handle.holder not in alive and handle.request_id in self._active:
+                await self._instance_gone(handle, handle.holder)
+        for handle in gaps:
+            if handle.request_id in self._active and handle.order.gap_age(perf) > cfg.token_gap_timeout_s:
+                await self._fetch_missing(handle)
+
+    async def _instance_gone(self, handle: RequestHandle, instance_id: str) -> None:
+        cfg = self.config
+        if not cfg.recover_requests or handle.recoveries >= cfg.max_recoveries:
+            why = "recovery is off" if not cfg.recover_requests else f"it was recovered {handle.recoveries} times"
+            self._fail(handle, f"instance {instance_id} left the cluster while serving this request ({why})", InstanceLost)
+            return
+        handle.recoveries += 1
+        handle.order.ignore(instance_id)
+        old = handle.request
+        # Prompt and every token so far: the new instance recomputes their KV and samples on from there
+        # (sampling is a function of seed and position, so the tokens are those the request would have had).
+        continuation = Request.new(
+            list(old.prompt_token_ids), old.sampling, priority=old.priority, slo_ttft_s=old.slo_ttft_s,
+            request_id=old.request_id, arrival_time=old.arrival_time, prompt=old.prompt,
+        )
+        continuation.output_token_ids = list(handle.token_ids)
+        continuation.token_times = [0.0] * len(handle.token_ids)
+        logger.warning("instance %s is gone: request %s continues elsewhere after %d tokens",
+                       instance_id, old.request_id, len(handle.token_ids))
+        try:
+            await self._send(handle, continuation)
+            handle.last_progress = time.monotonic()
+            self.num_recovered += 1
+        except Exception as exc:
+            if handle.request_id in self._active:
+                self._fail(handle, f"instance {instance_id} left the cluster and the request could not continue "
+                                   f"elsewhere: {type(exc).__name__}: {exc}", InstanceLost)
+
+    async def _fetch_missing(self, handle: RequestHandle) -> None:
+        """A token message never arrived: ask the instance that holds the request for the tokens from the
+        missing index on (its output has every token, those made before a migration too)."""
+        holder = handle.order.newest_sender() or handle.holder
+        start = handle.order.next_index
+        try:
+            reply = await self.scheduler.llumnix_request_tokens(
+                request_id=handle.request_id, start=start, instance_id=holder)
+        except Exception as exc:
+            logger.debug("replay of %s from %s failed: %s", handle.request_id, holder, exc)
+            return
+        if reply.get("status") != "OK" or handle.request_id not in self._active:
+            return
+        ids = list(reply.get("ids") or [])
+        if ids or reply.get("done"):
+            logger.warning("request %s: tokens from index %d never arrived; %d replayed from %s",
+                           handle.request_id, start, len(ids), holder)
+            self._accept(handle, {"rid": handle.request_id, "i": start, "ids": ids, "text": None,
+                                  "done": bool(reply.get("done")), "reason": reply.get("reason"), "inst": holder},
+                         time.perf_counter())
+
+
+class Overloaded(RuntimeError):
+    """The cluster admits no more requests right now; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = float(retry_after_s)
+
+
+def check_text(text: str) -> None:
+    """A prompt must be valid Unicode: a lone surrogate (``"\\ud800"`` in JSON) cannot be encoded."""
+    if not text:
+        raise ValueError("prompt: must not be empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"prompt: invalid Unicode at character {exc.start} ({exc.reason})") from None
+
+
+def prompt_bound_tokens(text: str, tokenizer: Any) -> int:
+    """A lower bound on the tokens of ``text`` without tokenizing it: no token is longer than the
+    tokenizer's longest, so a text far too long for the context is refused at once."""
+    longest = getattr(tokenizer, "max_token_bytes", None) or 64
+    return -(-len(text.encode("utf-8")) // longest)
 
 
 def _reachable_host(scheduler_address: str) -> str:

@@ -1,8 +1,9 @@
 """OpenAI request bodies (the subset llumnix-dask serves), OpenAI-style errors, and the chat prompt.
 
 Unknown OpenAI fields are accepted and ignored (clients send many); fields whose meaning we cannot honour
-(``n > 1``, ``echo``, ``logprobs``, ``best_of > 1``) are rejected with a 400 that says so. Two extensions:
-``priority`` ("normal" | "high") and ``slo_ttft_s`` (a time-to-first-token target in seconds).
+(``n > 1``, ``echo``, ``logprobs`` and ``top_logprobs`` on both endpoints, ``best_of > 1``) are rejected with
+a 400 that says so. Two extensions: ``priority`` ("normal" | "high") and ``slo_ttft_s`` (a time-to-first-token
+target in seconds).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ class APIError(Exception):
     """An error answered with an OpenAI-style body."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
@@ -140,6 +142,15 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("logprobs are not supported")
+        return v
 
     def sampling(self, default_max_tokens: int = 16) -> SamplingParams:
         params = super().sampling(default_max_tokens)

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 from llumnix_dask.engine.base import EngineBackend, MigrationState
+from llumnix_dask.engine.fair_lock import FairLock
 from llumnix_dask.policy.load import InstanceLoad
 from llumnix_dask.request import Request
 
@@ -34,8 +35,20 @@ logger = logging.getLogger(__name__)
 FRONTEND_KEY = "llumnix_frontend"
 # A step loop that keeps failing gives up on its requests after this many consecutive errors.
 MAX_CONSECUTIVE_STEP_ERRORS = 3
+# Output tokens of this many recently finished requests are kept, so a frontend that missed a message can
+# ask for them again (``replay``).
+RECENT_OUTPUTS = 2048
 
 TokenSink = Callable[[dict[str, list[dict]]], None]  # {frontend address: [token messages]}, on the event loop
+
+
+@dataclasses.dataclass
+class _Stream:
+    """Where a request held here streams to: its frontend and the index of its next output token."""
+
+    request: Request
+    frontend: str | None
+    next_index: int
 LoadSink = Callable[[InstanceLoad], None]  # on the event loop
 
 
@@ -65,10 +78,14 @@ class Llumlet:
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # guards _next_index / _frontends (step thread vs event loop)
-        self._next_index: dict[str, int] = {}
-        self._frontends: dict[str, str] = {}
+        self._lock = threading.Lock()  # guards _streams / _recent (step thread vs event loop)
+        self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
+        # Held over a step *and* the building of its token messages, and by a migration's pause: a request
+        # can only leave between steps whose tokens are all on their way to the frontend.
+        self._step_lock = FairLock()
+        self._recent: collections.OrderedDict[str, tuple[list[int], str | None]] = collections.OrderedDict()
+        self.migration_engine = _PauseBetweenSteps(engine, self._step_lock)
         self.migrations_in_flight = 0
         self.num_steps = 0
         self.num_tokens = 0
@@ -107,21 +124,37 @@ class Llumlet:
 
     def adopt_request(self, req: Request) -> None:
         """A request that arrived by migration (running or queued) streams on from ``len(output)``."""
-        with self._lock:
-            self._next_index[req.request_id] = len(req.output_token_ids)
-            frontend = req.metadata.get(FRONTEND_KEY)
-            if frontend:
-                self._frontends[req.request_id] = frontend
+        self._track(req)
         self._wake.set()
+
+    def _track(self, req: Request) -> None:
+        with self._lock:
+            self._streams[req.request_id] = _Stream(req, req.metadata.get(FRONTEND_KEY), len(req.output_token_ids))
 
     def forget(self, request_id: str) -> None:
         """The request left this instance by migration: its stream continues from the destination."""
         with self._lock:
-            self._next_index.pop(request_id, None)
-            self._frontends.pop(request_id, None)
+            self._streams.pop(request_id, None)
 
     def wake(self) -> None:
         self._wake.set()
+
+    def replay(self, request_id: str, start: int) -> dict:
+        """Output tokens ``start, start+1, ...`` of a request held here or finished here recently.
+
+        A frontend asks when a token message never arrived (a bounded wait, then this): the request's output
+        list on the instance that holds it has every token, including those made before a migration.
+        """
+        with self._lock:
+            stream = self._streams.get(request_id)
+            recent = self._recent.get(request_id)
+        if stream is not None:
+            ids = list(stream.request.output_token_ids[start:stream.next_index])  # what was sent so far
+            return {"status": "OK", "ids": ids, "done": False, "reason": None}
+        if recent is None:
+            return {"status": "unknown"}
+        ids, reason = recent
+        return {"status": "OK", "ids": list(ids[start:]), "done": True, "reason": reason}
 
     def load(self) -> InstanceLoad:
         load = self.engine.load()
@@ -144,19 +177,20 @@ class Llumlet:
                 self._wake.clear()
                 continue
             was_busy = True
-            try:
-                outputs = self.engine.step()
-                errors = 0
-            except Exception as exc:  # an engine bug: fail loudly, but keep the worker alive
-                errors += 1
-                logger.exception("engine step failed on %s", self.instance_id)
-                if errors >= MAX_CONSECUTIVE_STEP_ERRORS:
-                    self._fail_all(f"engine step failed repeatedly: {type(exc).__name__}: {exc}")
+            with self._step_lock:
+                try:
+                    outputs = self.engine.step()
                     errors = 0
-                continue
-            self.num_steps += 1
-            if outputs:
-                self._emit(outputs)
+                except Exception as exc:  # an engine bug: fail loudly, but keep the worker alive
+                    errors += 1
+                    logger.exception("engine step failed on %s", self.instance_id)
+                    if errors >= MAX_CONSECUTIVE_STEP_ERRORS:
+                        self._fail_all(f"engine step failed repeatedly: {type(exc).__name__}: {exc}")
+                        errors = 0
+                    continue
+                self.num_steps += 1
+                if outputs:
+                    self._emit(outputs)
             self._push_load()
 
     def _drain_inbox(self) -> None:
@@ -164,11 +198,7 @@ class Llumlet:
             kind, item = self._inbox.popleft()
             if kind == "add":
                 request: Request = item
-                with self._lock:
-                    self._next_index[request.request_id] = len(request.output_token_ids)
-                    frontend = request.metadata.get(FRONTEND_KEY)
-                    if frontend:
-                        self._frontends[request.request_id] = frontend
+                self._track(request)
                 try:
                     self.engine.add_request(request)
                 except Exception as exc:  # too long for this engine, bad params: tell the client why
@@ -183,19 +213,20 @@ class Llumlet:
         with self._lock:
             for out in outputs:
                 rid = out.request_id
-                start = self._next_index.get(rid)
-                if start is None:
-                    # Adopted without adopt_migrated (e.g. a destination that bypassed the hook).
-                    start = self._recover_index(rid, out)
-                self._next_index[rid] = start + len(out.new_token_ids)
+                stream = self._streams.get(rid)
+                if stream is None:  # adopted without adopt_request (a destination that bypassed the hook)
+                    stream = self._recover_stream(rid, out)
+                start = stream.next_index
+                stream.next_index = start + len(out.new_token_ids)
                 self.num_tokens += len(out.new_token_ids)
-                frontend = self._frontends.get(rid)
                 if out.finished:
-                    self._next_index.pop(rid, None)
-                    self._frontends.pop(rid, None)
-                if not frontend:
+                    del self._streams[rid]
+                    self._recent[rid] = (list(stream.request.output_token_ids), out.finish_reason)
+                    while len(self._recent) > RECENT_OUTPUTS:
+                        self._recent.popitem(last=False)
+                if not stream.frontend:
                     continue
-                by_frontend.setdefault(frontend, []).append(
+                by_frontend.setdefault(stream.frontend, []).append(
                     {
                         "rid": rid,
                         "i": start,
@@ -209,33 +240,33 @@ class Llumlet:
         if by_frontend:
             self._call(self._send_tokens, by_frontend)
 
-    def _recover_index(self, rid: str, out: Any) -> int:
+    def _recover_stream(self, rid: str, out: Any) -> _Stream:
+        # Caller holds self._lock.
         req = self.engine.get_request(rid)
-        if req is not None:
-            frontend = req.metadata.get(FRONTEND_KEY)
-            if frontend:
-                self._frontends[rid] = frontend
-            return max(0, len(req.output_token_ids) - len(out.new_token_ids))
-        return 0
+        if req is None:
+            req = Request.new([0], request_id=rid)  # already gone: stream what this step produced
+        start = max(0, len(req.output_token_ids) - len(out.new_token_ids))
+        stream = self._streams[rid] = _Stream(req, req.metadata.get(FRONTEND_KEY), start)
+        return stream
 
     def _error(self, rid: str, message: str) -> None:
         with self._lock:
-            self._next_index.pop(rid, None)
-            frontend = self._frontends.pop(rid, None)
-        if frontend:
-            self._call(self._send_tokens, {frontend: [{"rid": rid, "error": message, "inst": self.instance_id}]})
+            stream = self._streams.pop(rid, None)
+        if stream is not None and stream.frontend:
+            msg = {"rid": rid, "error": message, "inst": self.instance_id}
+            self._call(self._send_tokens, {stream.frontend: [msg]})
 
     def _finish_aborted(self, rid: str) -> None:
         with self._lock:
-            start = self._next_index.pop(rid, 0)
-            frontend = self._frontends.pop(rid, None)
-        if frontend:
-            msg = {"rid": rid, "i": start, "ids": [], "text": "", "done": True, "reason": "abort", "inst": self.instance_id}
-            self._call(self._send_tokens, {frontend: [msg]})
+            stream = self._streams.pop(rid, None)
+        if stream is not None and stream.frontend:
+            msg = {"rid": rid, "i": stream.next_index, "ids": [], "text": "", "done": True, "reason": "abort",
+                   "inst": self.instance_id}
+            self._call(self._send_tokens, {stream.frontend: [msg]})
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
-            rids = list(self._next_index)
+            rids = list(self._streams)
         for rid in rids:
             try:
                 self.engine.abort(rid)
@@ -260,3 +291,19 @@ class Llumlet:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the event loop is closed: the worker is shutting down
             pass
+
+
+class _PauseBetweenSteps:
+    """The engine as a migration source sees it: ``pause`` waits for the step in flight *and* the sending of
+    its tokens, so the last token made on the source is never left behind when the request moves."""
+
+    def __init__(self, engine: EngineBackend, step_lock: FairLock) -> None:
+        self._engine = engine
+        self._step_lock = step_lock
+
+    def pause(self, request_id: str) -> MigrationState:
+        with self._step_lock:
+            return self._engine.pause(request_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)

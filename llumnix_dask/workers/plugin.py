@@ -9,6 +9,7 @@ handlers below and registers the instance with the global scheduler.
 ``llumnix_abort``                abort a request (client went away)
 ``llumnix_migrate_out``          (from the global scheduler) migrate one request to another instance
 ``llumnix_engine_load``          the engine's current InstanceLoad
+``llumnix_request_tokens``       output tokens of a request from an index on (a frontend that missed some)
 ================================ ===========================================================================
 
 plus the live-migration endpoints of :mod:`llumnix_dask.migration` (destination side).
@@ -182,6 +183,7 @@ class InstanceWorkerPlugin(WorkerPlugin):
                 "llumnix_abort": self.abort,
                 "llumnix_migrate_out": self.migrate_out,
                 "llumnix_engine_load": self.engine_load,
+                "llumnix_request_tokens": self.request_tokens,
             }
         )
         self._register_migration_endpoints(worker)
@@ -192,6 +194,8 @@ class InstanceWorkerPlugin(WorkerPlugin):
             "device": f"cuda ({self.device})" if self.device else "cpu",
             "block_size": getattr(self.engine, "block_size", self.engine_config.block_size),
             "num_blocks": getattr(self.engine, "num_blocks", None),
+            # The longest prompt + output this engine serves: frontends refuse longer requests up front.
+            "max_model_len": getattr(self.engine, "max_seq_len", None) or getattr(self.engine, "max_model_len", None),
             "build_s": round(build_s, 3),
             "migration": self.migration_available,
         }
@@ -248,6 +252,11 @@ class InstanceWorkerPlugin(WorkerPlugin):
     def engine_load(self) -> InstanceLoad:
         return to_serialize(self.llumlet.load())
 
+    def request_tokens(self, request_id: str, start: int = 0) -> dict:
+        if self.llumlet is None:
+            return {"status": "unknown"}
+        return {**self.llumlet.replay(request_id, int(start)), "instance_id": self.instance_id}
+
     async def migrate_out(
         self,
         request_id: str | None = None,
@@ -275,7 +284,9 @@ class InstanceWorkerPlugin(WorkerPlugin):
         self.llumlet.migrations_in_flight += 1
         start = time.perf_counter()
         try:
-            result = await migration.migrate_out(self.engine, request_id, endpoint, self.migration_config)
+            result = await migration.migrate_out(
+                self.llumlet.migration_engine, request_id, endpoint, self.migration_config
+            )
         except Exception as exc:
             logger.exception("migration of %s to %s failed", request_id, dst_address)
             return {"ok": False, "request_id": request_id, "reason": f"{type(exc).__name__}: {exc}"}

@@ -10,7 +10,6 @@ import pytest
 from e2e_helpers import BACKENDS, for_backend
 
 from llumnix_dask import Cluster, EngineConfig, PolicyConfig
-from llumnix_dask.serve.frontend import RequestFailed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -111,8 +110,10 @@ def test_bad_requests_raise_clear_errors(cluster):
         cluster.generate(PROMPT, max_tokens=0)
     with pytest.raises(ValueError, match="prompt"):
         cluster.generate("", max_tokens=3)
-    with pytest.raises(RequestFailed, match="context"):
+    with pytest.raises(ValueError, match="context"):  # refused before it is dispatched
         cluster.generate("word " * 3000, max_tokens=3)
+    with pytest.raises(ValueError, match="context"):  # prompt + max_tokens must fit, no silent truncation
+        cluster.generate(PROMPT, max_tokens=10**9)
     with pytest.raises(ValueError, match="dispatch"):
         cluster.set_policy(dispatch="fastest")
     assert cluster.generate(PROMPT, max_tokens=2)  # still serving
