@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig, ServeConfig, SimConfig
+from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig, ServeConfig, SimConfig
 from llumnix_dask.request import Priority, Request, RequestStatus, SamplingParams
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cluster",
     "EngineConfig",
+    "FrontendConfig",
     "MigrationConfig",
     "PolicyConfig",
     "Priority",

@@ -67,13 +67,12 @@ def _refuse_spawned_reimport() -> None:
     import multiprocessing
 
     if multiprocessing.parent_process() is not None and multiprocessing.current_process().name != "MainProcess":
-        raise RuntimeError(_MAIN_GUARD_HINT)
+        raise RuntimeError(f"a Cluster was started while a worker process imported its script: {_MAIN_GUARD_HINT}")
 
 
 _MAIN_GUARD_HINT = (
-    "a Cluster started while this module was being imported by a worker process: scripts that start a "
-    "Cluster must do it under  if __name__ == \"__main__\":  (the worker processes are spawned and import "
-    "the script again)"
+    "move the code that starts the Cluster under  if __name__ == \"__main__\":  (the engine worker processes "
+    "are spawned and import the script again, which would start another Cluster in each of them)"
 )
 
 
@@ -82,8 +81,8 @@ def _explain_start_failure(exc: BaseException) -> BaseException:
 
     main = sys.modules.get("__main__")
     if "Nanny failed to start" in str(exc) and getattr(main, "__file__", None):
-        return RuntimeError(f"the engine workers failed to start; if {main.__file__} starts a Cluster at module "
-                            f"level, {_MAIN_GUARD_HINT.split(': ', 1)[1]}")
+        return RuntimeError(f"the engine workers failed to start. If {main.__file__} starts a Cluster at module "
+                            f"level, {_MAIN_GUARD_HINT}")
     return exc
 
 

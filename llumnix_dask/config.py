@@ -161,7 +161,9 @@ class EngineConfig:
     num_blocks: int | None = None  # None = derived from kv_cache_bytes
     kv_cache_bytes: int = 256 * 1024 * 1024
     max_batch_size: int = 64
-    max_batched_tokens: int = 2048  # prefill tokens per step (chunked prefill above this)
+    # Tokens per step: longer prompts are prefilled in chunks, which bounds how long one step (and so every
+    # other request's next token, and a migration's pause on either side) can take.
+    max_batched_tokens: int = 512
     max_model_len: int | None = None  # None = the model's max_position_embeddings
     dtype: str = "float32"
     device: str = "auto"  # "auto" = cuda if visible else cpu

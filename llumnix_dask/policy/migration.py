@@ -96,15 +96,19 @@ def pair_instances(loads: Sequence[InstanceLoad], config: PolicyConfig) -> list[
     return pairs
 
 
-def select_request(src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig) -> RequestLoad | None:
+def select_request(
+    src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig, dst_reserve_blocks: int = 0
+) -> RequestLoad | None:
     """The request to move from ``src`` to ``dst`` (None if nothing is eligible).
 
     Needs ``src.running`` / ``src.waiting`` filled in (build it with ``InstanceLoad.from_requests``).
+    ``dst_reserve_blocks``: free blocks the destination keeps when it accepts a running request (its
+    migration watermark); a plan that ignored it would be refused there, tick after tick.
     """
-    room = dst.free_blocks
+    room = dst.free_blocks - dst_reserve_blocks
     # A queued request that moves starts at once only if it fits beside what the destination's own queue
     # already needs; otherwise it would only wait there instead (and bounce on at a later tick).
-    queue_room = room - dst.waiting_demand_blocks
+    queue_room = dst.free_blocks - dst.waiting_demand_blocks
     running = [r for r in src.running if not r.migrating and r.blocks <= room]
     waiting = [r for r in src.waiting if not r.migrating and r.blocks <= queue_room]
     if config.priorities_enabled:

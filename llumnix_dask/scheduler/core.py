@@ -109,6 +109,7 @@ class GlobalScheduler:
         self.clock = clock
         self.instances: dict[str, InstanceRecord] = {}
         self._by_address: dict[str, str] = {}
+        self._claims: dict[str, int] = {}  # instance ids handed out per base name
         self.dispatch_state = dispatch_policy.DispatchState()
         self.scaling_state = scaling_policy.ScalingState()
         self.decisions: deque[Decision] = deque(maxlen=log_size)
@@ -122,6 +123,13 @@ class GlobalScheduler:
         self.num_migrations_failed = 0
 
     # -- registry ------------------------------------------------------------------------------------
+    def claim_instance_id(self, base: str) -> str:
+        """A unique id for a starting instance: ``base`` the first time, ``base-r<k>`` when a worker of that
+        name starts again (after a crash): requests and token streams of the dead one never mix with it."""
+        k = self._claims.get(base, 0) + 1
+        self._claims[base] = k
+        return base if k == 1 else f"{base}-r{k}"
+
     def register(
         self, instance_id: str, address: str, load: InstanceLoad, *, name: Any = None, info: dict | None = None
     ) -> InstanceRecord:
@@ -289,7 +297,8 @@ class GlobalScheduler:
                 continue
             chosen = None
             if src.load.running or src.load.waiting:
-                req = migration_policy.select_request(src.load, dst.load, self.policy)
+                reserve = int(dst.info.get("migration_watermark_blocks") or 0)
+                req = migration_policy.select_request(src.load, dst.load, self.policy, reserve)
                 if req is None:
                     continue
                 chosen = req.request_id

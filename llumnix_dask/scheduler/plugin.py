@@ -3,6 +3,7 @@
 Handlers it adds to the Dask scheduler (call them with ``client.scheduler.<name>(...)`` or any rpc):
 
 =============================== ===========================================================================
+``llumnix_claim_instance_id``   a unique instance id for a starting worker (a restarted one gets a new one)
 ``llumnix_register_instance``   a llumlet announces its engine (instance_id, address, name, load, info)
 ``llumnix_instance_load``       (stream handler) a llumlet's load report, over the worker's batched stream
 ``llumnix_dispatch``            pick an instance for a new request -> ``{status, instance_id, address}``
@@ -20,7 +21,7 @@ Handlers it adds to the Dask scheduler (call them with ``client.scheduler.<name>
 ``llumnix_set_target``          the wanted number of instances (``Cluster.scale``)
 ``llumnix_abort``                forward an abort to wherever the request lives now
 ``llumnix_report_loads``         load reports by rpc (instances outside this Dask cluster, benchmarks)
-``llumnix_request_tokens``       output tokens of a request from an index on, from the instance holding it
+``llumnix_request_status``       where requests stand, asked of the instances holding them (frontend health)
 =============================== ===========================================================================
 """
 
@@ -73,6 +74,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         self.core = GlobalScheduler(self.policy)
         handlers = {
+            "llumnix_claim_instance_id": self.claim_instance_id,
             "llumnix_register_instance": self.register_instance,
             "llumnix_dispatch": self.dispatch,
             "llumnix_dispatch_batch": self.dispatch_batch,
@@ -88,7 +90,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             "llumnix_scaling_plan": self.scaling_plan,
             "llumnix_set_target": self.set_target,
             "llumnix_abort": self.abort,
-            "llumnix_request_tokens": self.request_tokens,
+            "llumnix_request_status": self.request_status,
             "llumnix_report_loads": self.report_loads,
         }
         scheduler.handlers.update(handlers)
@@ -113,6 +115,9 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             self.core.unregister(rec.instance_id, reason=f"worker {worker} left the cluster")
 
     # -- instance side -------------------------------------------------------------------------------
+    def claim_instance_id(self, base: str) -> str:
+        return self.core.claim_instance_id(str(base))
+
     def register_instance(
         self, instance_id: str, address: str, load: InstanceLoad, name: Any = None, info: dict | None = None
     ) -> dict:
@@ -217,17 +222,32 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             return {"status": "error", "error": str(exc)}
         return {"status": "OK", "found": True}
 
-    async def request_tokens(self, request_id: str, start: int = 0, instance_id: str | None = None) -> dict:
-        """Output tokens of a request from index ``start`` on, from the instance that holds it (a frontend
-        whose token message never arrived)."""
-        iid = instance_id or self.core.request_locations.get(request_id)
-        rec = self.core.instances.get(iid) if iid else None
-        if rec is None:
-            return {"status": "unknown"}
-        try:
-            return await self.scheduler.rpc(rec.address).llumnix_request_tokens(request_id=request_id, start=int(start))
-        except Exception as exc:
-            return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    async def request_status(self, requests: list[dict]) -> list[dict]:
+        """Where each request stands, asked of the instance that holds it: ``{"status": "OK", "ids": output
+        tokens from ``start`` on that it has sent, "done": ...}``, ``{"status": "unknown"}`` when no instance
+        holds it (its instance died, or never got it), or ``{"status": "error"}`` (instance unreachable).
+
+        A frontend asks for requests that stalled, whose instance's stream closed, or that wait for a token
+        message that never came. One call per instance, whatever the number of requests.
+        """
+        by_instance: dict[str, list[int]] = {}
+        replies: list[dict] = [{"status": "unknown"} for _ in requests]
+        for k, item in enumerate(requests):
+            iid = self.core.request_locations.get(item["request_id"])
+            if iid in self.core.instances:
+                by_instance.setdefault(iid, []).append(k)
+
+        async def ask(iid: str, ks: list[int]) -> None:
+            try:
+                got = await self.scheduler.rpc(self.core.instances[iid].address).llumnix_request_tokens(
+                    requests=[requests[k] for k in ks])
+            except Exception as exc:
+                got = [{"status": "error", "error": f"{type(exc).__name__}: {exc}"}] * len(ks)
+            for k, reply in zip(ks, got):
+                replies[k] = reply
+
+        await asyncio.gather(*(ask(iid, ks) for iid, ks in by_instance.items()))
+        return replies
 
     def drain(self, instance_ids: list[str] | None = None, count: int | None = None) -> dict:
         try:

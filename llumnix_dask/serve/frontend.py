@@ -96,6 +96,7 @@ class RequestHandle:
     last_progress: float = 0.0
     start: float = 0.0
     recoveries: int = 0
+    last_check: float = 0.0  # when the health check last asked about it (monotonic)
 
     @property
     def request_id(self) -> str:
@@ -148,7 +149,8 @@ class Frontend:
         self._comm_instances: dict[int, set[str]] = {}  # token-stream comm -> instances seen on it
         self._suspects: dict[str, float] = {}  # instance -> since when its token stream closed
         self._check_now = asyncio.Event()
-        self.num_recovered = 0
+        self.num_recovered = 0  # requests continued on another instance after theirs died
+        self.num_replayed = 0  # token messages that never arrived and were fetched again
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> "Frontend":
@@ -462,23 +464,40 @@ class Frontend:
 
     async def _health_check(self) -> None:
         cfg, now, perf = self.config, time.monotonic(), time.perf_counter()
-        gaps = [h for h in self._active.values() if h.order.gap_age(perf) > cfg.token_gap_timeout_s]
-        suspects = set(self._suspects)
-        stalled = [h for h in self._active.values()
-                   if h.address and (h.holder in suspects or now - h.last_progress > cfg.stall_check_s)]
-        if not gaps and not stalled and not suspects:
-            return
-        rows = await self.scheduler.llumnix_instances()
-        alive = {row["instance_id"] for row in rows}
         for inst, since in list(self._suspects.items()):
-            if inst in alive and now - since > cfg.stall_check_s:
-                del self._suspects[inst]  # its stream closed but it lives on (it reconnects by itself)
-        for handle in stalled:
-            if handle.holder not in alive and handle.request_id in self._active:
+            if now - since > cfg.stall_check_s:
+                del self._suspects[inst]  # a closed stream of an instance that lives on: it reconnects
+        suspects = set(self._suspects)
+        due = [h for h in self._active.values() if h.address and (
+            h.holder in suspects
+            or h.order.gap_age(perf) > cfg.token_gap_timeout_s
+            or (now - h.last_progress > cfg.stall_check_s and now - h.last_check > cfg.stall_check_s))]
+        if not due:
+            return
+        for h in due:
+            h.last_check = now
+        replies = await self.scheduler.llumnix_request_status(
+            requests=[{"request_id": h.request_id, "start": h.order.next_index} for h in due])
+        for handle, reply in zip(due, replies):
+            if handle.request_id not in self._active:
+                continue
+            status = reply.get("status")
+            if status == "unknown":  # no instance holds it: its instance died (or restarted empty)
                 await self._instance_gone(handle, handle.holder)
-        for handle in gaps:
-            if handle.request_id in self._active and handle.order.gap_age(perf) > cfg.token_gap_timeout_s:
-                await self._fetch_missing(handle)
+            elif status == "OK" and (reply.get("ids") or reply.get("done")):
+                self._replay(handle, reply)
+
+    def _replay(self, handle: RequestHandle, reply: dict) -> None:
+        """Tokens the holder sent that did not (yet) arrive here: a message that never came fills its gap."""
+        start = reply.get("start", handle.order.next_index)
+        ids = list(reply.get("ids") or [])
+        if handle.order.gap_since is not None and ids:
+            self.num_replayed += 1
+            logger.warning("request %s: tokens from index %d never arrived; %d replayed from %s",
+                           handle.request_id, start, len(ids), reply.get("instance_id"))
+        self._accept(handle, {"rid": handle.request_id, "i": start, "ids": ids, "text": None,
+                              "done": bool(reply.get("done")), "reason": reply.get("reason"),
+                              "inst": reply.get("instance_id")}, time.perf_counter())
 
     async def _instance_gone(self, handle: RequestHandle, instance_id: str) -> None:
         cfg = self.config
@@ -507,27 +526,6 @@ class Frontend:
             if handle.request_id in self._active:
                 self._fail(handle, f"instance {instance_id} left the cluster and the request could not continue "
                                    f"elsewhere: {type(exc).__name__}: {exc}", InstanceLost)
-
-    async def _fetch_missing(self, handle: RequestHandle) -> None:
-        """A token message never arrived: ask the instance that holds the request for the tokens from the
-        missing index on (its output has every token, those made before a migration too)."""
-        holder = handle.order.newest_sender() or handle.holder
-        start = handle.order.next_index
-        try:
-            reply = await self.scheduler.llumnix_request_tokens(
-                request_id=handle.request_id, start=start, instance_id=holder)
-        except Exception as exc:
-            logger.debug("replay of %s from %s failed: %s", handle.request_id, holder, exc)
-            return
-        if reply.get("status") != "OK" or handle.request_id not in self._active:
-            return
-        ids = list(reply.get("ids") or [])
-        if ids or reply.get("done"):
-            logger.warning("request %s: tokens from index %d never arrived; %d replayed from %s",
-                           handle.request_id, start, len(ids), holder)
-            self._accept(handle, {"rid": handle.request_id, "i": start, "ids": ids, "text": None,
-                                  "done": bool(reply.get("done")), "reason": reply.get("reason"), "inst": holder},
-                         time.perf_counter())
 
 
 class Overloaded(RuntimeError):

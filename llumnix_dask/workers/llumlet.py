@@ -150,11 +150,11 @@ class Llumlet:
             recent = self._recent.get(request_id)
         if stream is not None:
             ids = list(stream.request.output_token_ids[start:stream.next_index])  # what was sent so far
-            return {"status": "OK", "ids": ids, "done": False, "reason": None}
+            return {"status": "OK", "start": start, "ids": ids, "done": False, "reason": None}
         if recent is None:
             return {"status": "unknown"}
         ids, reason = recent
-        return {"status": "OK", "ids": list(ids[start:]), "done": True, "reason": reason}
+        return {"status": "OK", "start": start, "ids": list(ids[start:]), "done": True, "reason": reason}
 
     def load(self) -> InstanceLoad:
         load = self.engine.load()

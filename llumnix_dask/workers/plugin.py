@@ -9,7 +9,7 @@ handlers below and registers the instance with the global scheduler.
 ``llumnix_abort``                abort a request (client went away)
 ``llumnix_migrate_out``          (from the global scheduler) migrate one request to another instance
 ``llumnix_engine_load``          the engine's current InstanceLoad
-``llumnix_request_tokens``       output tokens of a request from an index on (a frontend that missed some)
+``llumnix_request_tokens``       output tokens of requests from an index on (a frontend's health check)
 ================================ ===========================================================================
 
 plus the live-migration endpoints of :mod:`llumnix_dask.migration` (destination side).
@@ -163,6 +163,10 @@ class InstanceWorkerPlugin(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         self.worker = worker
         self.instance_id = instance_id_for(worker)
+        try:  # unique across restarts of this worker
+            self.instance_id = await worker.scheduler.llumnix_claim_instance_id(base=self.instance_id)
+        except Exception:  # a scheduler without the global scheduler plugin yet: keep the base id
+            logger.debug("could not claim an instance id; using %s", self.instance_id)
         self.device = pin_gpu(worker.name, self.gpu_count)
         factory = self.engine_factory or default_engine_factory
         start = time.perf_counter()
@@ -198,6 +202,8 @@ class InstanceWorkerPlugin(WorkerPlugin):
             "max_model_len": getattr(self.engine, "max_seq_len", None) or getattr(self.engine, "max_model_len", None),
             "build_s": round(build_s, 3),
             "migration": self.migration_available,
+            # Free blocks this instance keeps when it takes a migrating request: the scheduler plans by it.
+            "migration_watermark_blocks": self.migration_config.dst_watermark_blocks,
         }
         await worker.scheduler.llumnix_register_instance(
             instance_id=self.instance_id,
@@ -252,10 +258,13 @@ class InstanceWorkerPlugin(WorkerPlugin):
     def engine_load(self) -> InstanceLoad:
         return to_serialize(self.llumlet.load())
 
-    def request_tokens(self, request_id: str, start: int = 0) -> dict:
+    def request_tokens(self, requests: list[dict]) -> list[dict]:
+        """For each ``{"request_id", "start"}``: the output tokens from ``start`` on that this instance has
+        sent, or ``{"status": "unknown"}`` if it does not hold the request."""
         if self.llumlet is None:
-            return {"status": "unknown"}
-        return {**self.llumlet.replay(request_id, int(start)), "instance_id": self.instance_id}
+            return [{"status": "unknown"} for _ in requests]
+        return [{**self.llumlet.replay(r["request_id"], int(r.get("start", 0))), "instance_id": self.instance_id}
+                for r in requests]
 
     async def migrate_out(
         self,
@@ -274,7 +283,8 @@ class InstanceWorkerPlugin(WorkerPlugin):
 
             if dst_load is None:
                 return {"ok": False, "request_id": None, "reason": "no destination load to choose a request"}
-            chosen = select_request(self.llumlet.load(), unpack(dst_load), unpack(policy) or PolicyConfig())
+            chosen = select_request(self.llumlet.load(), unpack(dst_load), unpack(policy) or PolicyConfig(),
+                                    self.migration_config.dst_watermark_blocks)
             if chosen is None:
                 return {"ok": False, "request_id": None, "reason": "no request to migrate"}
             request_id = chosen.request_id

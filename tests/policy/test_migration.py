@@ -100,3 +100,15 @@ def test_selection_moves_normal_requests_before_high_priority_ones():
     assert select_request(src, DST, PolicyConfig(priorities_enabled=False)).request_id == "hp"
     only_hp = InstanceLoad.from_requests("s", 100, 2, running=(hp,))
     assert pick("SR", only_hp) == "hp"
+
+
+def test_a_running_request_is_planned_only_where_the_destination_would_accept_it():
+    # An 85-block request and 97 free blocks: the destination keeps 16 free when it accepts a migration,
+    # so it would refuse; the plan must not be made (it was retried every tick before).
+    big = RequestLoad("big", 85, num_tokens=1360, arrival_time=0.0)
+    src = InstanceLoad.from_requests("s", 200, 190, running=(big,))
+    dst = InstanceLoad("d", 200, 103)
+    assert dst.free_blocks == 97
+    assert select_request(src, dst, CFG).request_id == "big"
+    assert select_request(src, dst, CFG, dst_reserve_blocks=16) is None
+    assert select_request(src, InstanceLoad("d", 200, 99), CFG, dst_reserve_blocks=16).request_id == "big"
