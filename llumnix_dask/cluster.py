@@ -268,6 +268,7 @@ class Cluster(ClusterViews):
         *,
         priority: Priority | int | str = Priority.NORMAL,
         slo: float | None = None,
+        request_id: str | None = None,
         **sampling_kwargs: Any,
     ) -> Request:
         """A validated :class:`Request` for ``prompt`` without blocking the caller's event loop (a long prompt
@@ -277,7 +278,7 @@ class Cluster(ClusterViews):
             check_text(prompt)
             self.frontend._check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling, at_least=True)
             prompt = await self.tokenizer.aencode(prompt, self.frontend_config.tokenize_in_process_above_bytes)
-        return self._make_request(prompt, sampling, priority, slo)
+        return self.frontend.make_request(prompt, sampling, priority=priority, slo_ttft_s=slo, request_id=request_id)
 
     # -- requests ------------------------------------------------------------------------------------
     def submit(

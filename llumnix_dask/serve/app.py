@@ -133,8 +133,8 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
                     out["usage"] = usage
                 return out
 
-            return await _sse(cluster, prompts[0], sampling, body, chunk_json)
-        results = await _generate_all(cluster, http, prompts, sampling, body)
+            return await _sse(cluster, prompts[0], sampling, body, chunk_json, rid)
+        results = await _generate_all(cluster, http, prompts, sampling, body, rid)
         return {
             "id": rid, "object": "text_completion", "created": int(time.time()), "model": config.model_name,
             "choices": [
@@ -167,8 +167,8 @@ def create_app(cluster: Any, config: ServeConfig | None = None) -> FastAPI:
                     out["usage"] = usage
                 return out
 
-            return await _sse(cluster, prompt, sampling, body, chunk_json)
-        (c,) = await _generate_all(cluster, http, [prompt], sampling, body)
+            return await _sse(cluster, prompt, sampling, body, chunk_json, rid)
+        (c,) = await _generate_all(cluster, http, [prompt], sampling, body, rid)
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": config.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
@@ -208,17 +208,20 @@ def _as_api_error(exc: BaseException) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error")
 
 
-async def _make(cluster: Any, prompt: Any, sampling: Any, body: Any) -> Any:
-    """The validated, tokenized request (off the event loop for long prompts); bad input is a 400."""
+async def _make(cluster: Any, prompt: Any, sampling: Any, body: Any, request_id: str) -> Any:
+    """The validated, tokenized request (off the event loop for long prompts); bad input is a 400.
+    It carries the response's id, so logs, the scheduler's records and the client's id all match."""
     try:
-        return await cluster.amake_request(prompt, sampling, priority=body.priority_value, slo=body.slo_ttft_s)
+        return await cluster.amake_request(prompt, sampling, priority=body.priority_value, slo=body.slo_ttft_s,
+                                           request_id=request_id)
     except Exception as exc:
         raise _as_api_error(exc) from None
 
 
-async def _generate_all(cluster: Any, http: Request, prompts: list, sampling: Any, body: Any) -> list:
+async def _generate_all(cluster: Any, http: Request, prompts: list, sampling: Any, body: Any, rid: str) -> list:
     """Generate every prompt; if the client disconnects first, stop them all (their KV is freed)."""
-    requests = [await _make(cluster, p, sampling, body) for p in prompts]
+    ids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
+    requests = [await _make(cluster, p, sampling, body, i) for p, i in zip(prompts, ids)]
     work = asyncio.ensure_future(asyncio.gather(*(cluster.agenerate_request(r) for r in requests)))
     watcher = asyncio.ensure_future(_disconnected(http))
     try:
@@ -243,9 +246,9 @@ async def _disconnected(http: Request, poll_s: float = 0.25) -> None:
         await asyncio.sleep(poll_s)
 
 
-async def _sse(cluster: Any, prompt: Any, sampling: Any, body: Any, chunk_json: Any) -> Any:
+async def _sse(cluster: Any, prompt: Any, sampling: Any, body: Any, chunk_json: Any, rid: str) -> Any:
     """Start the stream; errors before the first token become a normal JSON error response."""
-    request = await _make(cluster, prompt, sampling, body)
+    request = await _make(cluster, prompt, sampling, body, rid)
     try:
         stream = cluster.astream_request(request)
         first = await stream.__anext__()

@@ -126,34 +126,56 @@ def _fmt(v: Any, unit: float = 1.0) -> str:
     return f"{v * unit:.1f}" if isinstance(v, float) else str(v)
 
 
+def status_renderables(snap: dict) -> list[Any]:
+    """What ``llumnix-dask status`` prints for a scheduler snapshot: a summary line and two tables that fit
+    an 80-column terminal (instance ids are never cut)."""
+    from rich import box
+    from rich.table import Table
+
+    pol, counters = snap.get("policy", {}), snap.get("counters", {})
+    onoff = lambda key: "on" if pol.get(key) else "off"  # noqa: E731
+    summary = (
+        f"dispatch [bold]{pol.get('dispatch')}[/] · migration {onoff('migration_enabled')} · "
+        f"scaling {onoff('scaling_enabled')}\n"
+        f"dispatched {counters.get('dispatched', 0)} · finished {counters.get('finished', 0)} · "
+        f"migrations {counters.get('migrations', 0)} ({counters.get('migrations_failed', 0)} failed)"
+    )
+    rows = snap.get("instances", [])
+    devices = {str(r.get("device", "")) for r in rows}
+    per_row_device = len(devices) > 1  # one device kind: named in the title, not in every row
+    title = f"{len(rows)} instance(s)" + ("" if per_row_device or not devices else f" on {devices.pop() or '?'}")
+    instances = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    instances.add_column("instance", no_wrap=True)
+    for col in (["device"] if per_row_device else []) + ["run", "queue", "KV", "freeness", "sent", "state"]:
+        instances.add_column(col, justify="left" if col in ("device", "state") else "right", no_wrap=True)
+    for row in rows:
+        state = "draining" if row.get("terminating") else ("migrating" if row.get("migrating") else "serving")
+        freeness = row.get("freeness")
+        cells = [row["instance_id"]] + ([str(row.get("device", ""))] if per_row_device else []) + [
+            str(row["num_running"]), str(row["num_waiting"]), f"{100 * row.get('kv_usage', 0):.0f}%",
+            "-" if freeness is None or not math.isfinite(freeness) else f"{freeness:.0f}",
+            str(row.get("dispatched", 0)), state]
+        instances.add_row(*cells)
+    latency = Table(title="rolling latency (ms)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("priority", "requests", "TTFT mean", "TTFT P99", "TPOT mean", "TPOT P99"):
+        latency.add_column(col, justify="left" if col == "priority" else "right")
+    for prio, st in snap.get("latency", {}).items():
+        latency.add_row(prio, str(st["ttft"]["count"]), _fmt(st["ttft"]["mean"], 1e3), _fmt(st["ttft"]["p99"], 1e3),
+                        _fmt(st["tpot"]["mean"], 1e3), _fmt(st["tpot"]["p99"], 1e3))
+    return [summary, instances, latency]
+
+
 def run_status(url: str | None, scheduler: str | None, api_key: str | None, as_json: bool) -> None:
     """Print the instances, counters and rolling latencies of a running server or scheduler."""
     from rich.console import Console
-    from rich.table import Table
 
     snap = _fetch_snapshot(url, scheduler, api_key or os.environ.get(API_KEY_ENV))
     console = Console()
     if as_json:
         console.print_json(json.dumps(snap, default=str))
         return
-    pol = snap.get("policy", {})
-    console.print(f"dispatch=[bold]{pol.get('dispatch')}[/] migration={'on' if pol.get('migration_enabled') else 'off'}"
-                  f" scaling={'on' if pol.get('scaling_enabled') else 'off'}  counters: {snap.get('counters')}")
-    table = Table(title=f"{len(snap.get('instances', []))} instance(s)")
-    for col in ("instance", "device", "running", "queued", "KV used", "freeness", "dispatched", "state"):
-        table.add_column(col)
-    for row in snap.get("instances", []):
-        state = "draining" if row.get("terminating") else ("migrating" if row.get("migrating") else "serving")
-        table.add_row(row["instance_id"], str(row.get("device", "")), str(row["num_running"]), str(row["num_waiting"]),
-                      f"{100 * row.get('kv_usage', 0):.0f}%", _fmt(row.get("freeness")), str(row.get("dispatched", 0)), state)
-    console.print(table)
-    lat = Table(title="rolling latency (ms)")
-    for col in ("priority", "requests", "TTFT mean", "TTFT P99", "TPOT mean", "TPOT P99"):
-        lat.add_column(col)
-    for prio, s in snap.get("latency", {}).items():
-        lat.add_row(prio, str(s["ttft"]["count"]), _fmt(s["ttft"]["mean"], 1e3), _fmt(s["ttft"]["p99"], 1e3),
-                    _fmt(s["tpot"]["mean"], 1e3), _fmt(s["tpot"]["p99"], 1e3))
-    console.print(lat)
+    for part in status_renderables(snap):
+        console.print(part)
 
 
 def run_bench(

@@ -71,6 +71,7 @@ class Completion:
     tpot: float | None
     e2e: float | None
     dispatch_s: float
+    max_token_gap_s: float | None = None  # the longest wait between two of its tokens (a stall, if large)
 
     @property
     def num_migrations(self) -> int:
@@ -322,6 +323,7 @@ class Frontend:
             tpot=tpot,
             e2e=(times[-1] - arrival) if times else None,
             dispatch_s=handle.dispatch_s,
+            max_token_gap_s=max((b - a for a, b in zip(times, times[1:])), default=None),
         )
 
     # -- token reception -----------------------------------------------------------------------------

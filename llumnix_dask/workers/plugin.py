@@ -161,6 +161,7 @@ class InstanceWorkerPlugin(WorkerPlugin):
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def setup(self, worker: Any) -> None:
+        _leave_interrupts_to_the_parent()
         self.worker = worker
         self.instance_id = instance_id_for(worker)
         try:  # unique across restarts of this worker
@@ -309,6 +310,17 @@ class InstanceWorkerPlugin(WorkerPlugin):
         if out.get("ok"):
             self.llumlet.forget(request_id)
         return out
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """Ctrl-C in a terminal reaches every process of the group; the process that owns the cluster closes its
+    workers in order, so a worker process does not die of it on its own (with a traceback each)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _make_destination(engine: Any, config: MigrationConfig) -> Any:
