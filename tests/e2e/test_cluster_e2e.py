@@ -45,9 +45,10 @@ def test_generate_and_stream_give_the_same_greedy_text(cluster):
     assert "".join(pieces) == done.text == cluster.generate(PROMPT, max_tokens=12, ignore_eos=True)
 
 
-def test_greedy_tokens_equal_vllm_offline_generate(cluster, offline_vllm_reference):
+def test_greedy_tokens_equal_vllm_offline_generate(cluster, request):
     if cluster.engine_config.backend != "vllm":
         pytest.skip("compares the vllm backend with vLLM's own LLM.generate")
+    offline_vllm_reference = request.getfixturevalue("offline_vllm_reference")
     for prompt, expected in offline_vllm_reference.items():
         done = cluster.generate(prompt, max_tokens=len(expected), ignore_eos=True, details=True)
         assert done.token_ids == expected, prompt

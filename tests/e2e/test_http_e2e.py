@@ -60,9 +60,10 @@ def test_chat_completions_stream_and_non_stream(client):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
 
 
-def test_streamed_text_equals_vllm_offline_generate(server, client, offline_vllm_reference):
+def test_streamed_text_equals_vllm_offline_generate(server, client, request):
     if server.backend != "vllm":
         pytest.skip("compares the vllm backend with vLLM's own LLM.generate")
+    offline_vllm_reference = request.getfixturevalue("offline_vllm_reference")
     for prompt, expected in offline_vllm_reference.items():
         pieces = [c.choices[0].text for c in client.completions.create(
             model=MODEL, prompt=prompt, max_tokens=len(expected), temperature=0, stream=True,

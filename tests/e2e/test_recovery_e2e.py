@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from e2e_helpers import BACKENDS, for_backend
 
 from llumnix_dask import Cluster, EngineConfig, FrontendConfig, PolicyConfig
 from llumnix_dask.serve.frontend import InstanceLost
@@ -74,9 +75,10 @@ def assert_idle_without_leaks(cluster):
     wait_until(lambda: int(cluster.instances()["used_blocks"].sum()) == 0, what="every KV block free")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with Cluster(3, engine=ENGINE, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as c:
+@pytest.fixture(scope="module", params=BACKENDS)
+def cluster(request):
+    engine = for_backend(request.param, ENGINE)
+    with Cluster(3, engine=engine, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as c:
         yield c
 
 

@@ -147,3 +147,22 @@ def test_unknown_or_reserved_vllm_arguments_are_refused():
         create_engine(dataclasses.replace(CONFIG, vllm_args={"tensor_paralel_size": 1}), "bad")
     with pytest.raises(ValueError, match="set by the vllm backend"):
         create_engine(dataclasses.replace(CONFIG, vllm_args={"async_scheduling": True}), "bad")
+
+
+def test_seeded_sampling_depends_on_seed_and_position_only(engine):
+    """A seeded request draws the same tokens whether its prompt is prefilled at once or in 32-token chunks
+    (vLLM 0.32 itself fails on a CPU when it discards a draw of a partial prefill)."""
+    chunked = create_engine(dataclasses.replace(CONFIG, max_batched_tokens=32), "chunked")
+    try:
+        prompt = [(13 * j) % 480 + 3 for j in range(150)]
+        outputs = []
+        for eng in (engine, chunked):
+            req = Request.new(prompt, SamplingParams(max_tokens=24, temperature=1.0, seed=5, ignore_eos=True))
+            run(eng, req)
+            outputs.append(req.output_token_ids)
+        other_seed = Request.new(prompt, SamplingParams(max_tokens=24, temperature=1.0, seed=6, ignore_eos=True))
+        run(engine, other_seed)
+    finally:
+        chunked.close()
+    assert outputs[0] == outputs[1] and len(set(outputs[0])) > 4
+    assert other_seed.output_token_ids != outputs[0]

@@ -18,22 +18,12 @@ from typing import Sequence
 
 import torch
 
+from llumnix_dask.engine.seeding import position_seed
 from llumnix_dask.request import SamplingParams
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
 
 def uniform(seed: int, position: int) -> float:
     """A number in [0, 1) determined by (seed, position) alone."""
-    x = _splitmix64(_splitmix64(seed & _MASK64) ^ (position & _MASK64))
-    return (x >> 11) * (1.0 / (1 << 53))
+    return (position_seed(seed, position) >> 11) * (1.0 / (1 << 53))
 
 
 def effective_seed(params: SamplingParams, request_id: str, engine_seed: int = 0) -> int:

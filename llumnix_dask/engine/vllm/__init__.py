@@ -5,8 +5,8 @@ Modules, one concept each:
 
 * ``engine``      ``VllmEngine``, the ``EngineBackend`` implementation (serving and migration surface)
 * ``blocks``      block bookkeeping: vLLM's block tables and the blocks pre-allocated for incoming migrations
-* ``worker_ops``  what runs inside vLLM's worker(s): KV block gather / scatter, sampler state
-* ``connector``   the KV connector (V1 API) that restores a migrated seeded request's sampler state
+* ``worker_ops``  what runs inside vLLM's worker(s): KV block gather / scatter, seeding the sampler
+* ``connector``   the KV connector (V1 API) that seeds each step's draws by (seed, position)
 * ``args``        vLLM engine arguments from an ``EngineConfig`` (``vllm_args`` passes any other)
 * ``compat``      the supported vLLM versions, process settings, and the vLLM seams the backend uses
 

@@ -20,11 +20,11 @@ seam                                         used for
 ``/ .num_cached_block``                      its KV; it then waits in ``kv_holding_waiting`` like a request
                                              whose KV a P/D connector loaded, and decodes on with no recompute
 ``Request.num_computed_tokens``              tokens whose KV the adopted blocks hold
-``Executor.collective_rpc(callable)``        runs block gather / scatter and sampler-state reads in the
-                                             worker(s): ``model_runner.kv_caches`` and
-                                             ``model_runner.requests[id].generator``
-KV connector V1 (``kv_connector_module_path``) ``connector.LlumnixMigrationConnector`` restores a migrated
-                                             seeded request's sampler state in the step that first runs it
+``Executor.collective_rpc(callable)``        runs block gather / scatter in the worker(s):
+                                             ``model_runner.kv_caches``
+KV connector V1 (``kv_connector_module_path``) ``connector.LlumnixMigrationConnector`` seeds each seeded
+``model_runner.requests[id].generator``,     request's draw by (seed, position) between vLLM's bookkeeping
+``input_batch.generators``                   of a step and its sampling
 =========================================== =============================================================
 """
 

@@ -18,7 +18,7 @@ blocks kept, *release* aborts it there once the destination committed, *resume* 
 side: blocks are pre-allocated from vLLM's block pool and filled in place; *commit* hands them to a new
 vLLM request whose prompt is every token so far and whose computed-token count is the migrated KV, queued
 like a request whose KV a P/D connector loaded, so it decodes on from the next step with no recompute.
-A seeded request's random generator state travels too (:mod:`.connector`).
+Seeded sampling is a function of (seed, position) (:mod:`.connector`), so nothing of it has to travel.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from llumnix_dask.engine.vllm.translate import core_request, finish_reason
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad
 from llumnix_dask.request import Request, RequestStatus
 
-# Request.metadata key of a queued request's generator state when it moves between vllm instances.
-SAMPLER_STATE_KEY = "llumnix_vllm_sampler_state"
 # vLLM keeps a forward pass's context (and the worker-side KV connector) in process-wide globals, so engines
 # sharing a process (tests, notebooks) take turns to step. A cluster runs one engine per worker process.
 _PROCESS_STEP = threading.Lock()
@@ -89,6 +87,7 @@ class VllmEngine:
         self.core = EngineCore(vllm_config, Executor.get_class(vllm_config), log_stats=False)
         self.scheduler = self.core.scheduler
         self.connector = self.scheduler.get_kv_connector()
+        self.connector.bind_requests(self.scheduler.requests)
         self.blocks = VllmBlocks(self.scheduler.kv_cache_manager)
         self.block_size = vllm_config.cache_config.block_size
         self.num_blocks = self.blocks.num_blocks
@@ -152,9 +151,6 @@ class VllmEngine:
         with self._lock:
             self._validate(request)
             vreq, wave = self.core.preprocess_add_request(core_request(request, self.eos_token_ids))
-            state = request.metadata.pop(SAMPLER_STATE_KEY, None)
-            if state is not None:
-                self.connector.expect_sampler_state(request.request_id, state)
             self.core.add_request(vreq, wave)
             request.instance_id = self.instance_id
             self._live[request.request_id] = _Tracked(request, self._new_detok(request))
@@ -326,9 +322,6 @@ class VllmEngine:
             req = tracked.request
             req.transition(RequestStatus.MIGRATING, self.clock(), "paused for migration")
             extra = {"detokenizer": tracked.detok.state(), "block_size": self.block_size, "backend": "vllm"}
-            sampler = self._rpc(worker_ops.sampler_state, request_id)
-            if sampler is not None:
-                extra["sampler_state"] = sampler
             return MigrationState(copy.deepcopy(req), int(vreq.num_computed_tokens), self.blocks.table(request_id), extra)
 
     def _paused(self, request_id: str) -> tuple[_Tracked, Any]:
@@ -359,9 +352,6 @@ class VllmEngine:
                     or self.blocks.held_by(request_id):
                 raise KeyError(f"request {request_id} is not queued on instance {self.instance_id}")
             req = tracked.request
-            sampler = self._rpc(worker_ops.sampler_state, request_id)  # a preempted request's generator
-            if sampler is not None:
-                req.metadata[SAMPLER_STATE_KEY] = sampler
             del self._live[request_id]
             self.core.abort_requests([request_id])
             return req
@@ -406,8 +396,6 @@ class VllmEngine:
             # The last token is fed again by the next step: its logits pick the next token.
             vreq.num_computed_tokens = min(state.num_kv_tokens, req.num_tokens - 1)
             self.blocks.adopt(req.request_id, block_ids)
-            if state.extra.get("sampler_state") is not None:
-                self.connector.expect_sampler_state(req.request_id, state.extra["sampler_state"])
             self.core.add_request(vreq, wave)
             detok_state = state.extra.get("detokenizer")
             if detok_state is not None and self.tokenizer is not None:

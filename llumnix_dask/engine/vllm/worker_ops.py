@@ -98,22 +98,33 @@ def stack_ranks(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([p.cpu() for p in parts])
 
 
-def sampler_state(wrapper: Any, request_id: str) -> bytes | None:
-    """The random-generator state of a seeded request (None: not seeded, or unknown to this worker)."""
-    state = _runner(wrapper).requests.get(request_id)
-    generator = getattr(state, "generator", None)
-    if generator is None:
-        return None
-    return bytes(generator.get_state().numpy().tobytes())
+class PositionSeededGenerator(torch.Generator):
+    """The generator of a seeded request, seeded afresh for every draw (see :func:`reseed`). It keeps no
+    offset: vLLM rewinds the offset of a draw it discards (a partial prefill), which a CPU generator cannot
+    do (vLLM 0.32 fails there), and which a generator reseeded before every draw does not need."""
+
+    def get_offset(self) -> int:
+        return 0
+
+    def set_offset(self, offset: int) -> "PositionSeededGenerator":
+        return self
 
 
-def restore_sampler_states(engine_id: str, states: dict[str, bytes]) -> None:
-    """Set the generators of requests that just joined this worker's batch to the states they had elsewhere."""
+def reseed(engine_id: str, seeds: dict[str, int]) -> None:
+    """Seed the generators of this step's seeded requests for the position each samples now."""
     runner = RUNNERS.get(engine_id)
     if runner is None:
         return
-    for request_id, raw in states.items():
+    batch = runner.input_batch
+    for request_id, seed in seeds.items():
         state = runner.requests.get(request_id)
         generator = getattr(state, "generator", None)
-        if generator is not None:
-            generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        if generator is None:
+            continue
+        if not isinstance(generator, PositionSeededGenerator):
+            generator = PositionSeededGenerator(device=generator.device)
+            state.generator = generator
+            index = batch.req_id_to_index.get(request_id)
+            if index is not None:
+                batch.generators[index] = generator
+        generator.manual_seed(seed)
