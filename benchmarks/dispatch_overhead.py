@@ -33,7 +33,7 @@ from _common import print_rows, save  # noqa: E402
 from llumnix_dask.policy.load import InstanceLoad  # noqa: E402
 from llumnix_dask.scheduler.stats import percentile  # noqa: E402
 from llumnix_dask.scheduler.wire import pack  # noqa: E402
-from llumnix_dask.serve.dispatch_client import DispatchClient  # noqa: E402
+from llumnix_dask.client.dispatch import DispatchClient  # noqa: E402
 
 N_INSTANCES = 64
 REPORT_INTERVAL_S = 0.01

@@ -167,7 +167,7 @@ def main() -> None:
         out.unlink()
         wall = time.monotonic() - t0
         stop_sampling.set()
-        recovered = cluster.frontend.num_recovered
+        recovered = cluster.frontend.health.num_recovered
         instances_after = len(cluster.instances())
         server.stop()
 

@@ -29,9 +29,11 @@ from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
 from llumnix_dask.cluster_views import ClusterViews
 from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig, worker_dask_config
 from llumnix_dask.request import Priority, Request, SamplingParams
-from llumnix_dask.serve.frontend import Completion, Frontend, StreamChunk, check_text, prompt_bound_tokens
-from llumnix_dask.scheduler.scaling_client import keep_instances
-from llumnix_dask.serve.tokenizer import load_tokenizer
+from llumnix_dask.client.frontend import Frontend
+from llumnix_dask.client.intake import check_fits, check_text, prompt_bound_tokens
+from llumnix_dask.client.records import Completion, StreamChunk
+from llumnix_dask.client.scaling import keep_instances
+from llumnix_dask.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +278,7 @@ class Cluster(ClusterViews):
         sampling = _sampling(sampling, sampling_kwargs)
         if isinstance(prompt, str) and self.tokenizer is not None and hasattr(self.tokenizer, "aencode"):
             check_text(prompt)
-            self.frontend._check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling, at_least=True)
+            check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling.max_tokens, self.max_model_len, at_least=True)
             prompt = await self.tokenizer.aencode(prompt, self.frontend_config.tokenize_in_process_above_bytes)
         return self.frontend.make_request(prompt, sampling, priority=priority, slo_ttft_s=slo, request_id=request_id)
 
@@ -438,7 +440,7 @@ class Cluster(ClusterViews):
     # -- cluster management --------------------------------------------------------------------------
     def scale(self, n: int, timeout: float | None = None) -> None:
         """Run ``n`` instances. Scaling down drains the chosen instances by live migration first."""
-        from llumnix_dask.scheduler.scaling_client import scale_to
+        from llumnix_dask.client.scaling import scale_to
 
         self._run(scale_to(self, int(n)), timeout or self.timeout)
 
@@ -453,7 +455,7 @@ class Cluster(ClusterViews):
         patience_s: float | None = None,
     ) -> PolicyConfig:
         """Auto-scale between ``minimum`` and ``maximum`` instances, keeping average freeness in the band."""
-        from llumnix_dask.scheduler.scaling_client import autoscale_loop
+        from llumnix_dask.client.scaling import autoscale_loop
 
         knobs: dict[str, Any] = {"scaling_enabled": True, "min_instances": minimum, "max_instances": maximum}
         for key, value in (

@@ -30,7 +30,7 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
     if config.backend == "sim":
         from llumnix_dask.config import DEFAULT_BLOCK_SIZE, LatencyModel
         from llumnix_dask.engine.sim import VOCAB, SimEngine
-        from llumnix_dask.serve.tokenizer import load_tokenizer
+        from llumnix_dask.engine.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(config)
 

@@ -31,7 +31,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llumnix_dask.config import ServeConfig
-from llumnix_dask.serve.frontend import InstanceLost, NoInstanceError, Overloaded, RequestFailed, StreamChunk
+from llumnix_dask.client.errors import InstanceLost, NoInstanceError, Overloaded, RequestFailed
+from llumnix_dask.client.records import StreamChunk
 from llumnix_dask.serve.metrics import ServerMetrics
 from llumnix_dask.serve.protocol import (
     APIError,

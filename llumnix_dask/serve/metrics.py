@@ -64,7 +64,7 @@ class ServerMetrics:
             self.registry.register(_SnapshotCollector(snapshot))
 
     def observe(self, completion: Any) -> None:
-        """Record a finished request (a :class:`~llumnix_dask.serve.frontend.Completion`)."""
+        """Record a finished request (a :class:`~llumnix_dask.client.records.Completion`)."""
         prio = "high" if completion.priority else "normal"
         if completion.ttft is not None:
             self.ttft.labels(prio).observe(completion.ttft)

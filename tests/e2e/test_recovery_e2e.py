@@ -15,7 +15,7 @@ import pytest
 from e2e_helpers import BACKENDS, for_backend
 
 from llumnix_dask import Cluster, EngineConfig, FrontendConfig, PolicyConfig
-from llumnix_dask.serve.frontend import InstanceLost
+from llumnix_dask.client.errors import InstanceLost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -101,7 +101,7 @@ def test_requests_of_a_killed_instance_continue_elsewhere_with_their_tokens(clus
         assert [c.index for c in streams.chunks[i]] == sorted({c.index for c in streams.chunks[i]})  # each once
     moved = [i for i, h in enumerate(holders) if h == victim]
     assert moved and all(streams.chunks[i][-1].instance_id != victim for i in moved)
-    assert cluster.frontend.num_recovered >= len(moved)
+    assert cluster.frontend.health.num_recovered >= len(moved)
     # The killed worker comes back (as a new instance) and the survivors hold no stray blocks.
     wait_until(lambda: len(cluster.instances()) == 3 and victim not in cluster.instances().index, timeout=180,
                what="the cluster back at 3 instances")
@@ -183,7 +183,7 @@ def test_sixty_requests_migrated_at_random_points_under_cpu_load_all_finish_exac
         for p in loads:
             p.join(10)
     assert hung == [], f"{len(hung)} requests hung"
-    assert cluster.frontend.num_replayed == 0  # no token message was lost on the way (none had to be fetched)
+    assert cluster.frontend.health.num_replayed == 0  # no token message was lost on the way (none had to be fetched)
     assert sum(bool(o.get("ok")) for o in outcomes) >= 40, outcomes  # most migrations commit
     for i in range(60):
         assert results[i] == references[i], f"request {i} diverged"

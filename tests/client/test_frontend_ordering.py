@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from llumnix_dask.request import Request, SamplingParams
-from llumnix_dask.serve.frontend import Frontend, RequestFailed, RequestHandle
+from llumnix_dask.client.errors import RequestFailed
+from llumnix_dask.client.frontend import Frontend
+from llumnix_dask.client.records import RequestHandle
 
 
 def msg(i, ids, inst="a", done=False):

@@ -12,106 +12,25 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from distributed.core import Server
 from distributed.protocol import to_serialize
 from distributed.utils import get_ip
 
+from llumnix_dask.client.dispatch import DispatchClient
+from llumnix_dask.client.errors import NoInstanceError, Overloaded, RequestFailed
+from llumnix_dask.client.health import Health
+from llumnix_dask.client.intake import check_fits, check_text, prompt_bound_tokens
+from llumnix_dask.client.records import Completion, RequestHandle, StreamChunk
 from llumnix_dask.config import FrontendConfig
 from llumnix_dask.request import Priority, Request, SamplingParams
-from llumnix_dask.serve.dispatch_client import DispatchClient
-from llumnix_dask.serve.token_order import TokenOrder
 from llumnix_dask.workers.streams import TOKEN_MESSAGE_OP, TOKEN_STREAM_OP
 
 logger = logging.getLogger(__name__)
 
 # Aborted requests remembered, so that tokens a copy still sends for them get that copy stopped.
 _CLOSED_MEMORY = 4096
-
-
-class NoInstanceError(RuntimeError):
-    """The cluster has no engine instance that can take the request."""
-
-
-class RequestFailed(RuntimeError):
-    """An instance reported an error for the request (or died with it)."""
-
-
-class InstanceLost(RequestFailed):
-    """The instance serving the request left the cluster and the request could not continue elsewhere."""
-
-
-@dataclass
-class StreamChunk:
-    """New tokens of one request, in order. ``index`` is the position of the first one in the output."""
-
-    request_id: str
-    index: int
-    token_ids: list[int]
-    text: str
-    finished: bool = False
-    finish_reason: str | None = None
-    instance_id: str | None = None
-
-
-@dataclass
-class Completion:
-    """A finished request: its text and what was measured about it."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    num_prompt_tokens: int
-    priority: int
-    instances: list[str]  # every instance that produced tokens, in order (more than one = migrated)
-    ttft: float | None
-    tpot: float | None
-    e2e: float | None
-    dispatch_s: float
-    max_token_gap_s: float | None = None  # the longest wait between two of its tokens (a stall, if large)
-
-    @property
-    def num_migrations(self) -> int:
-        return max(0, len(self.instances) - 1)
-
-
-@dataclass
-class RequestHandle:
-    """The frontend's view of one request in flight."""
-
-    request: Request
-    queue: asyncio.Queue
-    instance_id: str = ""  # where it was last sent (dispatch, or recovery)
-    address: str = ""
-    dispatch_s: float = 0.0
-    order: TokenOrder = field(default_factory=TokenOrder)
-    token_ids: list[int] = field(default_factory=list)
-    text_parts: list[str] = field(default_factory=list)
-    token_times: list[float] = field(default_factory=list)
-    finished: bool = False
-    finish_reason: str | None = None
-    error: str | None = None
-    last_progress: float = 0.0
-    start: float = 0.0
-    recoveries: int = 0
-    last_check: float = 0.0  # when the health check last asked about it (monotonic)
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def instances(self) -> list[str]:
-        """Every instance that produced tokens, in order (more than one: migrated or recovered)."""
-        return self.order.instances
-
-    @property
-    def holder(self) -> str:
-        """The instance that holds the request as far as this frontend knows."""
-        return self.order.following or self.instance_id
 
 
 class Frontend:
@@ -148,10 +67,7 @@ class Frontend:
         self._finished_reports: list[dict] = []
         self._tasks: list[asyncio.Task] = []
         self._comm_instances: dict[int, set[str]] = {}  # token-stream comm -> instances seen on it
-        self._suspects: dict[str, float] = {}  # instance -> since when its token stream closed
-        self._check_now = asyncio.Event()
-        self.num_recovered = 0  # requests continued on another instance after theirs died
-        self.num_replayed = 0  # token messages that never arrived and were fetched again
+        self.health = Health(self, self.config)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> "Frontend":
@@ -168,7 +84,7 @@ class Frontend:
         self.dispatcher = DispatchClient(lambda: self.scheduler)
         self._tasks = [
             asyncio.create_task(self._report_loop(), name="llumnix-frontend-reports"),
-            asyncio.create_task(self._watchdog(), name="llumnix-frontend-watchdog"),
+            asyncio.create_task(self.health.run(), name="llumnix-frontend-health"),
         ]
         return self
 
@@ -176,7 +92,7 @@ class Frontend:
         for task in self._tasks:
             task.cancel()
         for handle in list(self._active.values()):
-            self._fail(handle, "the frontend closed")
+            self.fail(handle, "the frontend closed")
         await self._flush_reports()
         if self.server is not None:
             await self.server.close()
@@ -202,27 +118,16 @@ class Frontend:
             check_text(prompt)
             if self.tokenizer is None:
                 raise ValueError("prompt: this frontend has no tokenizer; pass token ids")
-            self._check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling, at_least=True)
+            check_fits(prompt_bound_tokens(prompt, self.tokenizer), sampling.max_tokens, self.max_model_len, at_least=True)
             token_ids = list(self.tokenizer.encode(prompt))
         else:
             token_ids = [int(t) for t in prompt]
         if not token_ids:
             raise ValueError("prompt: must not be empty")
-        self._check_fits(len(token_ids), sampling)
+        check_fits(len(token_ids), sampling.max_tokens, self.max_model_len)
         return Request.new(
             token_ids, sampling, priority=priority, slo_ttft_s=slo_ttft_s, request_id=request_id,
             arrival_time=time.time(), prompt=text,
-        )
-
-    def _check_fits(self, num_prompt_tokens: int, sampling: SamplingParams, at_least: bool = False) -> None:
-        """Prompt + max_tokens must fit the model's context (vLLM's rule: a 400, never a silent truncation)."""
-        limit = self.max_model_len
-        if limit is None or num_prompt_tokens + sampling.max_tokens <= limit:
-            return
-        tokens = f"at least {num_prompt_tokens}" if at_least else str(num_prompt_tokens)
-        raise ValueError(
-            f"prompt: {tokens} prompt tokens + max_tokens {sampling.max_tokens} exceed the model's context of "
-            f"{limit} tokens; shorten the prompt or lower max_tokens"
         )
 
     async def submit(self, request: Request) -> RequestHandle:
@@ -233,13 +138,13 @@ class Frontend:
         handle.last_progress = time.monotonic()
         self._active[request.request_id] = handle
         try:
-            await self._send(handle, request)
+            await self.send(handle, request)
         except BaseException:
             self._active.pop(request.request_id, None)
             raise
         return handle
 
-    async def _send(self, handle: RequestHandle, request: Request) -> None:
+    async def send(self, handle: RequestHandle, request: Request) -> None:
         """Dispatch ``request`` (new, or a recovered continuation) and add it on the chosen instance."""
         t0 = time.perf_counter()
         decision = await self.dispatcher.dispatch(
@@ -333,11 +238,7 @@ class Frontend:
         try:
             await self.server.handle_stream(comm, extra={"comm_key": key})
         finally:
-            # The worker's stream closed: its instance may have died; check its requests at once.
-            now = time.monotonic()
-            for inst in self._comm_instances.pop(key, ()):
-                self._suspects.setdefault(inst, now)
-            self._check_now.set()
+            self.health.stream_closed(self._comm_instances.pop(key, set()))
 
     def _on_tokens(self, messages: list[dict], comm_key: int | None = None) -> None:
         now = time.perf_counter()
@@ -353,11 +254,20 @@ class Frontend:
             handle.last_progress = time.monotonic()
             if "error" in msg:
                 if inst not in handle.order.ignored:
-                    self._fail(handle, f"instance {inst}: {msg['error']}")
+                    self.fail(handle, f"instance {inst}: {msg['error']}")
                 continue
-            self._accept(handle, msg, now)
+            self.deliver(handle, msg, now)
 
-    def _accept(self, handle: RequestHandle, msg: dict, now: float) -> None:
+    def active(self) -> list[RequestHandle]:
+        """The requests in flight."""
+        return list(self._active.values())
+
+    def is_active(self, handle: RequestHandle) -> bool:
+        return self._active.get(handle.request_id) is handle
+
+    def deliver(self, handle: RequestHandle, msg: dict, now: float | None = None) -> None:
+        """Put a token message (from an instance, or replayed) into the request's ordered stream."""
+        now = time.perf_counter() if now is None else now
         accepted = handle.order.accept(msg, now)
         if accepted.stop_copy is not None:
             victim, survivor = accepted.stop_copy
@@ -404,7 +314,7 @@ class Frontend:
         except Exception:
             return ""
 
-    def _fail(self, handle: RequestHandle, message: str, kind: type[RequestFailed] = RequestFailed) -> None:
+    def fail(self, handle: RequestHandle, message: str, kind: type[RequestFailed] = RequestFailed) -> None:
         self._active.pop(handle.request_id, None)
         handle.error, handle.finish_reason = message, "error"
         handle.queue.put_nowait(kind(message))
@@ -446,114 +356,6 @@ class Frontend:
         while True:
             await asyncio.sleep(0.25)
             await self._flush_reports()
-
-    # -- health: gaps, dead instances ----------------------------------------------------------------
-    async def _watchdog(self) -> None:
-        """Requests that stall, wait for a token that never came, or whose instance's stream closed are
-        checked against the scheduler's instances: a dead instance's requests continue elsewhere (or fail,
-        when recovery is off), a missing token is fetched from the instance that holds the request."""
-        cfg = self.config
-        while True:
-            try:
-                await asyncio.wait_for(self._check_now.wait(), cfg.health_check_interval_s)
-            except asyncio.TimeoutError:
-                pass
-            self._check_now.clear()
-            try:
-                await self._health_check()
-            except Exception:  # never let the watchdog die
-                logger.exception("frontend health check failed")
-
-    async def _health_check(self) -> None:
-        cfg, now, perf = self.config, time.monotonic(), time.perf_counter()
-        for inst, since in list(self._suspects.items()):
-            if now - since > cfg.stall_check_s:
-                del self._suspects[inst]  # a closed stream of an instance that lives on: it reconnects
-        suspects = set(self._suspects)
-        due = [h for h in self._active.values() if h.address and (
-            h.holder in suspects
-            or h.order.gap_age(perf) > cfg.token_gap_timeout_s
-            or (now - h.last_progress > cfg.stall_check_s and now - h.last_check > cfg.stall_check_s))]
-        if not due:
-            return
-        for h in due:
-            h.last_check = now
-        replies = await self.scheduler.llumnix_request_status(
-            requests=[{"request_id": h.request_id, "start": h.order.next_index} for h in due])
-        for handle, reply in zip(due, replies):
-            if handle.request_id not in self._active:
-                continue
-            status = reply.get("status")
-            if status == "unknown":  # no instance holds it: its instance died (or restarted empty)
-                await self._instance_gone(handle, handle.holder)
-            elif status == "OK" and (reply.get("ids") or reply.get("done")):
-                self._replay(handle, reply)
-
-    def _replay(self, handle: RequestHandle, reply: dict) -> None:
-        """Tokens the holder sent that did not (yet) arrive here: a message that never came fills its gap."""
-        start = reply.get("start", handle.order.next_index)
-        ids = list(reply.get("ids") or [])
-        if handle.order.gap_since is not None and ids:
-            self.num_replayed += 1
-            logger.warning("request %s: tokens from index %d never arrived; %d replayed from %s",
-                           handle.request_id, start, len(ids), reply.get("instance_id"))
-        self._accept(handle, {"rid": handle.request_id, "i": start, "ids": ids, "text": None,
-                              "done": bool(reply.get("done")), "reason": reply.get("reason"),
-                              "inst": reply.get("instance_id")}, time.perf_counter())
-
-    async def _instance_gone(self, handle: RequestHandle, instance_id: str) -> None:
-        cfg = self.config
-        if not cfg.recover_requests or handle.recoveries >= cfg.max_recoveries:
-            why = "recovery is off" if not cfg.recover_requests else f"it was recovered {handle.recoveries} times"
-            self._fail(handle, f"instance {instance_id} left the cluster while serving this request ({why})", InstanceLost)
-            return
-        handle.recoveries += 1
-        handle.order.ignore(instance_id)
-        old = handle.request
-        # Prompt and every token so far: the new instance recomputes their KV and samples on from there
-        # (sampling is a function of seed and position, so the tokens are those the request would have had).
-        continuation = Request.new(
-            list(old.prompt_token_ids), old.sampling, priority=old.priority, slo_ttft_s=old.slo_ttft_s,
-            request_id=old.request_id, arrival_time=old.arrival_time, prompt=old.prompt,
-        )
-        continuation.output_token_ids = list(handle.token_ids)
-        continuation.token_times = [0.0] * len(handle.token_ids)
-        logger.warning("instance %s is gone: request %s continues elsewhere after %d tokens",
-                       instance_id, old.request_id, len(handle.token_ids))
-        try:
-            await self._send(handle, continuation)
-            handle.last_progress = time.monotonic()
-            self.num_recovered += 1
-        except Exception as exc:
-            if handle.request_id in self._active:
-                self._fail(handle, f"instance {instance_id} left the cluster and the request could not continue "
-                                   f"elsewhere: {type(exc).__name__}: {exc}", InstanceLost)
-
-
-class Overloaded(RuntimeError):
-    """The cluster admits no more requests right now; retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = float(retry_after_s)
-
-
-def check_text(text: str) -> None:
-    """A prompt must be valid Unicode: a lone surrogate (``"\\ud800"`` in JSON) cannot be encoded."""
-    if not text:
-        raise ValueError("prompt: must not be empty")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"prompt: invalid Unicode at character {exc.start} ({exc.reason})") from None
-
-
-def prompt_bound_tokens(text: str, tokenizer: Any) -> int:
-    """A lower bound on the tokens of ``text`` without tokenizing it: no token is longer than the
-    tokenizer's longest, so a text far too long for the context is refused at once."""
-    longest = getattr(tokenizer, "max_token_bytes", None) or 64
-    return -(-len(text.encode("utf-8")) // longest)
-
 
 def _reachable_host(scheduler_address: str) -> str:
     """An interface of this machine that the scheduler's workers can reach."""

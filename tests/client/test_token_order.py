@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llumnix_dask.serve.token_order import TokenOrder, msg
+from llumnix_dask.client.token_order import TokenOrder, msg
 
 
 def tokens(accepted):

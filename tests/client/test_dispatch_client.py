@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llumnix_dask.serve.dispatch_client import DispatchClient
+from llumnix_dask.client.dispatch import DispatchClient
 
 
 class FakeScheduler:

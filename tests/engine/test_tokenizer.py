@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from llumnix_dask.config import EngineConfig
-from llumnix_dask.serve.frontend import prompt_bound_tokens
-from llumnix_dask.serve.tokenizer import load_tokenizer
+from llumnix_dask.client.intake import prompt_bound_tokens
+from llumnix_dask.engine.tokenizer import load_tokenizer
 
 
 def test_a_large_prompt_is_tokenized_in_a_helper_process_with_the_same_ids():
