@@ -13,17 +13,19 @@ can run the real policies over many instances cheaply::
     >>> outs[0].finished, outs[0].finish_reason
     (True, 'length')
 
-Scheduling follows the vLLM (v0) engine the paper built on: a step is either a *prefill* step that admits
-queued requests in queue order while blocks (leaving ``watermark_blocks`` free, vLLM's admission watermark),
-batch slots and the prefill token budget allow (the first one is always allowed so a long prompt cannot
-starve), or a *decode* step that gives every running request one token. Before a decode step every request
-whose next token needs a new block gets one; when the blocks run out the most recently admitted running
-request is preempted by recompute: it frees all its blocks and goes back to the head of the queue; its
-re-prefill later recomputes prompt + generated tokens.
+Scheduling follows vLLM 0.2, the engine the paper built on. A step is either a *prefill* step that admits
+queued requests in queue order (FCFS, head-of-line blocking: the first that does not fit stops admission)
+while blocks (leaving ``watermark_blocks`` free, vLLM's admission watermark), batch slots and the prefill
+token budget allow (the first one is always allowed so a long prompt cannot starve), or a *decode* step that
+gives every running request one token. Before a decode step the running requests are taken in arrival order,
+each needing one free block at its turn (vLLM's ``can_append_slot``) and taking one if its next token opens a
+new block; when none is free the latest-*arrived* running request is preempted by recompute: it frees all
+its blocks and goes back to the head of the queue; its re-prefill later recomputes prompt + generated
+tokens (so an instance with no free block preempts even if no request needs one, as vLLM 0.2 did).
 
 With ``priority_scheduling`` (local scheduling by priority, paper section 4.4.2) the queue holds the
 high-priority requests ahead of the normal ones (FCFS within a class), and preemption takes the most
-recently admitted *normal* request before any high-priority one. Without it the queue is plain FCFS.
+recently arrived *normal* request before any high-priority one. Without it the queue is plain FCFS.
 
 Fake token ids are a function of (seed, position) - the request's sampling seed, or a hash of its id - so
 a migrated request produces exactly the ids it would have produced without moving.
@@ -34,6 +36,7 @@ which keeps per-request counters instead of token lists (fast); :meth:`step` is 
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -167,6 +170,11 @@ class SimEngine(SimMigrationMixin):
         if seq.high:
             self._num_high -= 1
 
+    def _join_running(self, seq: SimSeq) -> None:
+        """Into the running batch, kept in the order of vLLM's scheduling policy (which sorts it every step):
+        arrival, or with priority scheduling the high-priority requests first, each class by arrival."""
+        bisect.insort(self._running, seq, key=_priority_then_arrival if self.priority_scheduling else _arrival)
+
     # -- serving -----------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         """Queue a request (FCFS by arrival time). A request moved from another engine keeps its progress."""
@@ -234,7 +242,7 @@ class SimEngine(SimMigrationMixin):
                 self._plan = ("prefill", admitted)
             elif self._running:
                 duration, batch = self._plan_decode(now)
-                self._plan = ("decode", batch)
+                self._plan = ("decode", batch) if batch else None  # all preempted: nothing runs
             else:
                 self._plan = None
                 duration = 0.0
@@ -261,7 +269,7 @@ class SimEngine(SimMigrationMixin):
             seq.active = True
             seq.owner = self
             seq.admitted_at = now
-            self._running.append(seq)
+            self._join_running(seq)
             admitted.append(seq)
             budget -= total
             slots -= 1
@@ -271,36 +279,47 @@ class SimEngine(SimMigrationMixin):
 
     def _plan_decode(self, now: float) -> tuple[float, list[SimSeq]]:
         free, bs, running = self._free, self.block_size, self._running
-        needy = []
-        kv_tokens = 0
+        needy = 0
         for s in running:
-            t = s.total
-            kv_tokens += t
-            if t > s.capacity:
-                needy.append(s)
-        preempted = False
-        while len(needy) > len(free) and len(running) > 1:
-            victim = running[-1]  # the most recently admitted request...
-            if self.priority_scheduling and victim.high:  # ...that is not high priority, if there is one
-                victim = next((s for s in reversed(running) if not s.high), victim)
-            self._preempt(victim, now)
-            preempted = True
-            needy = [s for s in needy if s is not victim]
-        short = False
-        for s in needy:
-            if free:
+            if s.total > s.capacity:
+                needy += 1
+        last = running[-1]
+        # Taken in policy order, each request needs a free block at its turn and the needy ones take one: all
+        # pass unless the blocks run out before the last request's turn.
+        if len(free) < 1 + needy - (last.total > last.capacity):
+            self._preempt_until_fits(now)
+        for s in running:
+            if s.total > s.capacity:
                 s.block_ids.append(free.pop())
                 s.capacity += bs
-            else:  # only when reserved migration blocks hold the rest: this request sits the step out
-                short = True
-        if short or preempted:
-            batch = [s for s in running if s.total <= s.capacity] if short else list(running)
-            kv_tokens = sum(s.total for s in batch)
-        else:
-            batch = list(running)
-        n = len(batch)
+        n = len(running)
+        if not n:
+            return 0.0, []
+        kv_tokens = 0
+        for s in running:
+            kv_tokens += s.total
         # Roofline: weights + KV reads at the achieved bandwidth, or the batch's compute if that is longer.
-        return max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n), batch
+        return max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n), \
+            list(running)
+
+    def _preempt_until_fits(self, now: float) -> None:
+        """vLLM 0.2's loop: in policy order, while no block is free at a request's turn, preempt the last
+        request in that order (the latest arrival; with priority scheduling the latest normal one), which is
+        the request itself when none comes after it."""
+        taken = 0  # blocks the requests before the current one will take
+        order = list(self._running)
+        i = 0
+        while i < len(order):
+            s = order[i]
+            while len(self._free) - taken < 1:
+                victim = order.pop()  # the last in policy order; the request itself when it is the last
+                self._preempt(victim, now)
+                if victim is s:
+                    break
+            else:
+                if s.total > s.capacity:
+                    taken += 1
+                i += 1
 
     def _preempt(self, seq: SimSeq, now: float) -> None:
         self._running.remove(seq)
@@ -401,6 +420,14 @@ class SimEngine(SimMigrationMixin):
         r = s.request
         return RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
                            preempted=s.preempted_at is not None, migrating=migrating)
+
+def _arrival(seq: SimSeq) -> float:
+    return seq.request.arrival_time
+
+
+def _priority_then_arrival(seq: SimSeq) -> tuple[bool, float]:
+    return (not seq.high, seq.request.arrival_time)
+
 
 def _with_running_blocks(load: InstanceLoad, used: int) -> InstanceLoad:
     from dataclasses import replace

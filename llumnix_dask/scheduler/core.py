@@ -108,7 +108,7 @@ class GlobalScheduler:
         self.clock = clock
         self.instances: dict[str, InstanceRecord] = {}
         self._by_address: dict[str, str] = {}
-        self.dispatch_state = dispatch_policy.DispatchState()
+        self.dispatch_state = dispatch_policy.DispatchState(self.policy.random_seed)
         self.scaling_state = scaling_policy.ScalingState()
         self.decisions: deque[Decision] = deque(maxlen=log_size)
         self.migration_log: deque[dict] = deque(maxlen=migration_log_size)
@@ -382,7 +382,7 @@ class GlobalScheduler:
     def set_policy(self, updates: dict[str, Any]) -> PolicyConfig:
         new = updated_policy(self.policy, updates)
         if new.dispatch != self.policy.dispatch:
-            self.dispatch_state = dispatch_policy.DispatchState()
+            self.dispatch_state = dispatch_policy.DispatchState(new.random_seed)
         self.policy = new
         for rec in self.instances.values():
             self._set_load(rec, rec.load)

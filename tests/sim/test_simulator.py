@@ -119,7 +119,9 @@ def test_memory_utilisation_is_sampled_and_grows_with_load():
         m = res.memory
         assert 0.0 <= m["util_mean"] <= m["util_p99"] <= 1.0 and 0.0 <= m["share_with_queue"] <= 1.0
         assert all(0.0 <= lo <= mean <= hi <= 1.0 for _, mean, lo, hi in m["series"])
-    assert heavy.memory["util_mean"] > light.memory["util_mean"]
+    # (the mean over the run is not a fair comparison: the heavy run ends in a long tail of a few requests)
+    assert heavy.memory["util_p90"] > light.memory["util_p90"]
+    assert heavy.memory["share_over_90pct"] > light.memory["share_over_90pct"]
     assert heavy.memory["share_with_queue"] > light.memory["share_with_queue"]
     assert "memory" in heavy.to_dict()
 
