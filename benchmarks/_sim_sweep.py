@@ -23,15 +23,17 @@ COLORS = {"llumnix": "tab:orange", "infaas": "tab:blue", "round_robin": "tab:gre
 MARKERS = {"llumnix": "s", "infaas": "o", "round_robin": "^", "llumnix-base": "o"}
 
 
-def run_all(jobs: list[tuple[dict, Callable[[], object]]], progress: bool = True) -> list[dict]:
-    """Run every job (its labels, a thunk returning a SimResult); one row of labels + metrics each."""
+def run_all(jobs: list[tuple[dict, Callable[[], object]]], progress: bool = True,
+            extra: Callable[[object], dict] | None = None) -> list[dict]:
+    """Run every job (its labels, a thunk returning a SimResult); one row of labels + metrics (+ ``extra``
+    of the result) each. Results are not kept: 10k-request runs are megabytes each."""
     from tqdm.auto import tqdm
 
     rows = []
     bar = tqdm(total=len(jobs), desc="simulations", unit="run", disable=not progress, file=sys.stderr)
     for labels, thunk in jobs:
         result = thunk()
-        rows.append({**labels, **metrics_row(result), "result": result})
+        rows.append({**labels, **metrics_row(result), **(extra(result) if extra else {})})
         bar.set_postfix_str(" ".join(f"{v}" for v in labels.values()), refresh=False)
         bar.update(1)
     bar.close()

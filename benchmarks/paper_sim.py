@@ -77,11 +77,12 @@ def jobs_for(points: dict[str, list[float]], seeds: list[int], requests: int) ->
     for trace_name, rates in points.items():
         for rate in rates:
             for seed in seeds:
-                trace = generate_trace(trace_name, requests, rate, "poisson", seed=seed)
                 for policy in policies_for(trace_name):
                     cfg = SimConfig.paper(trace_name, dispatch=policy)
+                    # The same trace (seeded) for every policy; built when its run starts.
                     jobs.append(({"trace": trace_name, "rate": rate, "policy": policy, "seed": seed},
-                                 lambda cfg=cfg, trace=trace: simulate(cfg, trace)))
+                                 lambda cfg=cfg, t=trace_name, r=rate, s=seed: simulate(
+                                     cfg, generate_trace(t, requests, r, "poisson", seed=s))))
     return jobs
 
 
@@ -222,8 +223,6 @@ def main() -> None:
         png = plot_grid(rows, "trace", list(points), "rate", LATENCY_PANELS, "policy",
                         Path(__file__).parent / "results" / f"{name}.png", references=references_for_plot())
         print(f"wrote {png}")
-    for r in per_seed:
-        r.pop("result", None)
     save(name, {"requests": requests, "seeds": seeds, "points": points, "rows": rows, "ratios": qs,
                 "validation": val, "checks": summary, "per_seed_rows": per_seed})
     print(f"wrote {tee.save(name)}")

@@ -370,13 +370,15 @@ def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
     * pairs re-planned every 4 rounds of engine steps: ``migration_interval_s`` 0.2 s (4 x ~50 ms steps);
     * the migrated request is the newest running normal-priority one (``request_selection="LCR"``);
     * an instance holding high-priority requests counts as if it had only 100 blocks (``total - 100`` blocks
-      of headroom: ``priority_instance_blocks=100``).
+      of headroom: ``priority_instance_blocks=100``);
+    * auto-scaling checks the band every 10 s and acts at once (``scaling_patience_s=0``).
 
     Where our defaults (``PolicyConfig()``) differ, and why: thresholds 10 / 60 (a gap, so a request that
     moved does not make its destination a source at the next tick - on a shared cluster of different
     instance sizes); selection "SR" (least KV to copy, what a slow network wants); 50 ms ticks (our migration
     is asynchronous, a tick costs little); headroom 320 blocks per high-priority request (scales with how many
-    there are instead of reserving most of an instance for the first one)::
+    there are instead of reserving most of an instance for the first one); a scaling patience of 30 s (one
+burst should not buy an instance that takes seconds to start)::
 
         >>> p = paper_policy("M-M")
         >>> p.migrate_out_freeness, p.migrate_in_freeness, p.request_selection, p.priority_instance_blocks
@@ -386,7 +388,7 @@ def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
     """
     threshold = 10.0 if trace in PAPER_HIGH_THRESHOLD_TRACES else 3.0
     base = {"migrate_out_freeness": threshold, "migrate_in_freeness": threshold, "request_selection": "LCR",
-            "migration_interval_s": 0.2, "priority_instance_blocks": 100}
+            "migration_interval_s": 0.2, "priority_instance_blocks": 100, "scaling_patience_s": 0.0}
     return PolicyConfig(**{**base, **overrides})
 
 

@@ -74,6 +74,7 @@ class SimEngine(SimMigrationMixin):
         priority_scheduling: bool = False,
         vocab_size: int = VOCAB,
         detokenize: Callable[[list[int]], str] | None = None,
+        detailed_load: bool | None = None,
     ) -> None:
         for name, value in (("num_blocks", num_blocks), ("block_size", block_size),
                             ("max_batch_size", max_batch_size), ("max_batched_tokens", max_batched_tokens)):
@@ -83,6 +84,10 @@ class SimEngine(SimMigrationMixin):
             raise ValueError(
                 f"SimEngine.watermark_blocks: must be an integer in [0, num_blocks), got {watermark_blocks!r}")
         self.watermark_blocks = watermark_blocks
+        # load() lists every request (as the nano engine's does) so that a served cluster's scheduler and
+        # worker can pick the request to migrate; the simulator reports the O(1) summary at every step and
+        # lists the requests only where a migration starts. Default: detailed when serving (realtime).
+        self.detailed_load = realtime if detailed_load is None else detailed_load
         self.priority_scheduling = priority_scheduling
         # Token ids are drawn below this, so a frontend's tokenizer can turn them into text.
         self.vocab_size = vocab_size
@@ -382,10 +387,11 @@ class SimEngine(SimMigrationMixin):
         return self.finish_step(end)[1]
 
     # -- load --------------------------------------------------------------------------------------
-    def load(self, detailed: bool = False) -> InstanceLoad:
-        """O(1) snapshot; ``detailed=True`` also lists every request (for migration's request selection)."""
+    def load(self, detailed: bool | None = None) -> InstanceLoad:
+        """O(1) snapshot; ``detailed=True`` also lists every request (for migration's request selection).
+        None: the engine's ``detailed_load``."""
         used = self.num_blocks - len(self._free)
-        if detailed:
+        if detailed or (detailed is None and self.detailed_load):
             with self._lock:
                 bs = self.block_size
                 running = [self._request_load(s, len(s.block_ids), False) for s in self._running]
