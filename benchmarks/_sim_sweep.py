@@ -11,7 +11,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Callable, Iterable
 
-from _common import RESULTS, metrics_row
+import _common
+from _common import metrics_row
 
 # Columns of the paper's serving figures (Figs. 11 and 14): (row key, title).
 LATENCY_PANELS = [
@@ -21,6 +22,12 @@ LATENCY_PANELS = [
 ]
 COLORS = {"llumnix": "tab:orange", "infaas": "tab:blue", "round_robin": "tab:green", "llumnix-base": "tab:blue"}
 MARKERS = {"llumnix": "s", "infaas": "o", "round_robin": "^", "llumnix-base": "o"}
+
+
+def results_dir() -> Path:
+    """Where the JSON, PNG and text outputs go (``_common.RESULTS``: benchmarks/results, or a test's tmp dir)."""
+    _common.RESULTS.mkdir(parents=True, exist_ok=True)
+    return _common.RESULTS
 
 
 def run_all(jobs: list[tuple[dict, Callable[[], object]]], progress: bool = True,
@@ -141,9 +148,9 @@ class Tee:
         sys.stdout = self._stdout
 
     def save(self, name: str) -> Path:
-        path = RESULTS / f"{name}.txt"
+        path = results_dir() / f"{name}.txt"
         path.write_text(self.buffer.getvalue())
         return path
 
 
-__all__ = ["LATENCY_PANELS", "Tee", "plot_grid", "redirect_stdout", "run_all", "spread"]
+__all__ = ["LATENCY_PANELS", "Tee", "plot_grid", "redirect_stdout", "results_dir", "run_all", "spread"]

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import print_rows, ratio, save, seed_list  # noqa: E402
-from _sim_sweep import LATENCY_PANELS, Tee, plot_grid, run_all, spread  # noqa: E402
+from _sim_sweep import LATENCY_PANELS, Tee, plot_grid, results_dir, run_all, spread  # noqa: E402
 
 from llumnix_dask.config import SimConfig  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
@@ -221,7 +221,7 @@ def main() -> None:
             shown = f"{v:.2f}" if isinstance(v, float) else str(v)
             print(f"  {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {shown}")
         png = plot_grid(rows, "trace", list(points), "rate", LATENCY_PANELS, "policy",
-                        Path(__file__).parent / "results" / f"{name}.png", references=references_for_plot())
+                        results_dir() / f"{name}.png", references=references_for_plot())
         print(f"wrote {png}")
     save(name, {"requests": requests, "seeds": seeds, "points": points, "rows": rows, "ratios": qs,
                 "validation": val, "checks": summary, "per_seed_rows": per_seed})

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import print_rows, ratio, save, seed_list  # noqa: E402
-from _sim_sweep import Tee, plot_grid, run_all, spread  # noqa: E402
+from _sim_sweep import Tee, plot_grid, results_dir, run_all, spread  # noqa: E402
 
 from llumnix_dask.config import A10_LLAMA_7B_12K, SimConfig, paper_policy  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> None:
                       **{f + s: r.get(f"{cls}_{f}{s}") for f in CLASS_FIELDS for s in ("_min", "_max")}}
                      for r in rows for cls in ("high", "normal")]
         png = plot_grid(plot_rows, "class", ["high", "normal"], "cv", PANELS, "run",
-                        Path(__file__).parent / "results" / f"{name}.png", x_label="CV")
+                        results_dir() / f"{name}.png", x_label="CV")
         print(f"wrote {png}")
     save(name, {"args": vars(args), "rows": rows, "summary": summary,
                 "met": {"high_priority": met_high, "normal_penalty": met_normal}, "per_seed_rows": per_seed})

@@ -7,7 +7,7 @@
 * Fig. 15: Gamma 2 req/s CV 2, x in {5, 25, 45, 65, 85}: the cost / latency curve of each policy.
 
     python benchmarks/scaling_sim.py               # both figures, 3 seeds x 10k requests (~25 min on 2 cores)
-    python benchmarks/scaling_sim.py --quick       # 2 points + 2 thresholds, 1 seed, 3,000 requests
+    python benchmarks/scaling_sim.py --quick       # 2 points + 2 thresholds, 1 seed, 2,000 requests
 
 Target (issue 12): >= 15% fewer average instances than INFaaS++ at similar P99 prefill (paper: 16-18%, up to
 36%). "Similar" is read off the Fig. 15 curves: for each Llumnix point, INFaaS++'s instance count at the same
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import print_rows, save, seed_list  # noqa: E402
-from _sim_sweep import COLORS, Tee, plot_grid, run_all, spread  # noqa: E402
+from _sim_sweep import COLORS, Tee, plot_grid, results_dir, run_all, spread  # noqa: E402
 
 from llumnix_dask.config import A10_LLAMA_7B_12K, SimConfig, paper_policy  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     seeds = [args.seed] if args.quick else seed_list(args.seed, args.seeds)
-    requests = 3_000 if args.quick else args.requests
+    requests = 2_000 if args.quick else args.requests
     rates, cvs, thresholds = ((2.4,), (4.0,), (5.0, 65.0)) if args.quick else (POISSON_RATES, GAMMA_CVS, THRESHOLDS)
     name = "scaling_sim_quick" if args.quick else (
         "scaling_sim" if args.startup is None else f"scaling_sim_startup{args.startup:g}")
@@ -169,7 +169,7 @@ def main() -> None:
         met = best is not None and best >= 15
         print(f"\n  {'MET   ' if met else 'MISSED'} >= 15% fewer instances at similar P99 prefill: "
               f"{'-' if best is None else f'{best:.1f}%'} (best over the Fig. 15 curve)")
-        results = Path(__file__).parent / "results"
+        results = results_dir()
         fig14_rows = [{**r, "trace": f"{r['arrival']}"} for r in fig14]
         p1 = plot_grid(fig14_rows, "trace", list(dict.fromkeys(r["trace"] for r in fig14_rows)), "x_value", PANELS,
                        "policy", results / f"{name}.png", x_label="Request Rate (Poisson) / CV (Gamma)",
