@@ -295,6 +295,11 @@ class GlobalScheduler:
             planned.append(PlannedMigration(src, dst, chosen, _describe(pair.reason)))
         return planned
 
+    def migration_request_chosen(self, plan: PlannedMigration, request: RequestLoad) -> None:
+        """The source picked ``request`` for a plan that named none (its load reports list no requests): it
+        counts on the destination from now on, exactly as a request chosen while planning does."""
+        self._count_sent(plan.dst, request)
+
     def migration_started(self, plan: PlannedMigration) -> None:
         plan.src.migrating = True
         plan.dst.migrating = True

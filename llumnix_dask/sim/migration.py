@@ -103,6 +103,8 @@ class MigrationModel:
             # The source's view of its own requests, the scheduler's (last reported) view of the destination.
             choice = select_request(src.load(detailed=True), plan.dst.load, self.scheduler.policy)
             rid = None if choice is None else choice.request_id
+            if choice is not None:
+                self.scheduler.migration_request_chosen(plan, choice)
         seq = src._seqs.get(rid) if rid is not None else None
         if seq is None or rid in src._paused:
             self.stats.nothing_to_move += 1
