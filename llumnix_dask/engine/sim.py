@@ -115,6 +115,7 @@ class SimEngine(SimMigrationMixin):
         # replaced by the destination's on commit, so the source keeps its copy to free on release).
         self._paused: dict[str, tuple[SimSeq, list[int]]] = {}
         self._waiting_demand = 0
+        self._waiting_loads: tuple[RequestLoad, ...] | None = None  # the queue's RequestLoads, until it changes
         self._num_high = 0
         self._num_high_waiting = 0  # with priority_scheduling they are waiting[0 : _num_high_waiting]
         self._num_preempted_waiting = 0
@@ -153,6 +154,7 @@ class SimEngine(SimMigrationMixin):
         else:
             waiting.insert(idx, seq)
         self._waiting_demand += self._demand(seq)
+        self._waiting_loads = None
         if seq.high:
             self._num_high_waiting += 1
         if seq.preempted_at is not None:
@@ -160,6 +162,7 @@ class SimEngine(SimMigrationMixin):
 
     def _dequeue(self, seq: SimSeq) -> None:
         self._waiting_demand -= self._demand(seq)
+        self._waiting_loads = None
         if seq.high:
             self._num_high_waiting -= 1
         if seq.preempted_at is not None:
@@ -388,44 +391,52 @@ class SimEngine(SimMigrationMixin):
 
     # -- load --------------------------------------------------------------------------------------
     def load(self, detailed: bool | None = None) -> InstanceLoad:
-        """O(1) snapshot; ``detailed=True`` also lists every request (for migration's request selection).
-        None: the engine's ``detailed_load``."""
-        used = self.num_blocks - len(self._free)
-        if detailed or (detailed is None and self.detailed_load):
-            with self._lock:
-                bs = self.block_size
-                running = [self._request_load(s, len(s.block_ids), False) for s in self._running]
-                running += [self._request_load(s, len(b), True) for s, b in self._paused.values()]
-                waiting = [self._request_load(s, -(-s.total // bs), False) for s in self._waiting]
-            load = InstanceLoad.from_requests(
-                self.instance_id, self.num_blocks, used, running, waiting, terminating=self.terminating,
-                migrating=self.migrations_in_flight > 0, num_preemptions=self.num_preemptions, time=self.now,
+        """Snapshot of the instance; ``detailed=True`` also lists every request (for migration's request
+        selection). None: the engine's ``detailed_load``. The aggregates are O(1) counters; the request lists
+        reuse each request's last RequestLoad until its blocks (or state) change, so ``num_tokens`` of a running
+        request is as of its latest block (at most ``block_size - 1`` tokens behind)."""
+        with self._lock:
+            used = self.num_blocks - len(self._free)
+            waiting = self._waiting
+            running: tuple[RequestLoad, ...] = ()
+            queued: tuple[RequestLoad, ...] = ()
+            if detailed or (detailed is None and self.detailed_load):
+                cached = self._cached_load
+                running = tuple([cached(s, len(s.block_ids), False) for s in self._running]
+                                + [cached(s, len(b), True) for s, b in self._paused.values()])
+                if self._waiting_loads is None:
+                    bs = self.block_size
+                    self._waiting_loads = tuple(cached(s, -(-s.total // bs), False) for s in waiting)
+                queued = self._waiting_loads
+            return InstanceLoad(
+                instance_id=self.instance_id,
+                total_blocks=self.num_blocks,
+                used_blocks=used,
+                num_running=len(self._running) + len(self._paused),
+                num_waiting=len(waiting),
+                running_blocks=used,  # reserved blocks of incoming migrations count as used
+                waiting_demand_blocks=self._waiting_demand,
+                hol_demand_blocks=-(-waiting[0].total // self.block_size) if waiting else 0,
+                num_high_priority=self._num_high,
+                num_preempted_waiting=self._num_preempted_waiting,
+                terminating=self.terminating,
+                migrating=self.migrations_in_flight > 0,
+                num_preemptions=self.num_preemptions,
+                time=self.now,
+                running=running,
+                waiting=queued,
             )
-            # Reserved blocks of incoming migrations are used too: count them so the load is consistent.
-            return load if load.running_blocks == used else _with_running_blocks(load, used)
-        waiting = self._waiting
-        return InstanceLoad(
-            instance_id=self.instance_id,
-            total_blocks=self.num_blocks,
-            used_blocks=used,
-            num_running=len(self._running) + len(self._paused),
-            num_waiting=len(waiting),
-            running_blocks=used,  # reserved blocks of incoming migrations count as used
-            waiting_demand_blocks=self._waiting_demand,
-            hol_demand_blocks=-(-waiting[0].total // self.block_size) if waiting else 0,
-            num_high_priority=self._num_high,
-            num_preempted_waiting=self._num_preempted_waiting,
-            terminating=self.terminating,
-            migrating=self.migrations_in_flight > 0,
-            num_preemptions=self.num_preemptions,
-            time=self.now,
-        )
 
     @staticmethod
-    def _request_load(s: SimSeq, blocks: int, migrating: bool) -> RequestLoad:
-        r = s.request
-        return RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
-                           preempted=s.preempted_at is not None, migrating=migrating)
+    def _cached_load(s: SimSeq, blocks: int, migrating: bool) -> RequestLoad:
+        rl = s.load_cache
+        preempted = s.preempted_at is not None
+        if rl is None or rl.blocks != blocks or rl.migrating != migrating or rl.preempted != preempted:
+            r = s.request
+            rl = s.load_cache = RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
+                                            preempted=preempted, migrating=migrating)
+        return rl
+
 
 def _arrival(seq: SimSeq) -> float:
     return seq.request.arrival_time
@@ -433,9 +444,3 @@ def _arrival(seq: SimSeq) -> float:
 
 def _priority_then_arrival(seq: SimSeq) -> tuple[bool, float]:
     return (not seq.high, seq.request.arrival_time)
-
-
-def _with_running_blocks(load: InstanceLoad, used: int) -> InstanceLoad:
-    from dataclasses import replace
-
-    return replace(load, running_blocks=used)

@@ -1,7 +1,8 @@
 """Live migration in the simulator: the migration protocol's stages, modelled in time.
 
-The global scheduler plans a pair; the source picks the request with the request-selection policy (as the
-worker plugin does when the plan names none) and the stages follow the protocol's own rule,
+The global scheduler plans a pair and the request (from the source's last load report; when a plan names none
+the source picks it with the request-selection policy, as the worker plugin does); the stages follow the
+protocol's own rule,
 :func:`llumnix_dask.migration.protocol.live_stage_end`: a live stage copies the blocks completed since the
 previous one while the request keeps decoding (``migration_stage_overhead_ms`` + ``migration_ms_per_block``
 per block); the last stage pauses the request, copies the rest and commits (the downtime:

@@ -6,11 +6,11 @@
     >>> len(result.requests), bool(result.requests["finished"].all())
     (50, True)
 
-One code path with the served cluster: dispatch, migration planning, scaling decisions and draining are
-made by :class:`~llumnix_dask.scheduler.core.GlobalScheduler` - the object the Dask scheduler plugin wraps -
-with the simulated clock, and it is fed the way the plugin is: every engine reports its load after each step
-(and when it goes idle), so dispatch sees each instance as of its last report plus the requests sent to it
-since. This module keeps only what the Dask side does: the event loop, the engines' steps, the migrations
+One code path with the served cluster: dispatch, migration planning (pairs and the request to move),
+scaling decisions and draining are made by :class:`~llumnix_dask.scheduler.core.GlobalScheduler` - the object
+the Dask scheduler plugin wraps - with the simulated clock, and it is fed the way the plugin is: every engine
+reports its load, with its request lists, after each step (and when it goes idle), so dispatch and migration
+see each instance as of its last report plus the requests sent to it since. This module keeps only what the Dask side does: the event loop, the engines' steps, the migrations
 (:mod:`llumnix_dask.sim.migration`) and the cluster manager (start an instance ``instance_startup_s`` after
 the scheduler raises its target, retire an instance once the scheduler reports it drained), plus metrics.
 
@@ -122,7 +122,7 @@ class Simulator:
         engine = SimEngine(
             iid, cfg.blocks_per_instance, cfg.block_size, cfg.max_batch_size, cfg.max_batched_tokens, cfg.latency,
             realtime=False, record_tokens=False, watermark_blocks=self._watermark_blocks(),
-            priority_scheduling=self.policy.priorities_enabled,
+            priority_scheduling=self.policy.priorities_enabled, detailed_load=True,
         )
         engine.now = now
         self._count_change(now)
