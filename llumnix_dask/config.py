@@ -98,7 +98,8 @@ class PolicyConfig:
         if self.priority_instance_blocks is not None and (
             not isinstance(self.priority_instance_blocks, int) or self.priority_instance_blocks < 0
         ):
-            _fail(self, "priority_instance_blocks", f"must be an integer >= 0 or None, got {self.priority_instance_blocks!r}")
+            _fail(self, "priority_instance_blocks",
+                  f"must be an integer >= 0 or None, got {self.priority_instance_blocks!r}")
         if self.min_instances < 1:
             _fail(self, "min_instances", f"must be >= 1, got {self.min_instances}")
         if self.max_instances < self.min_instances:

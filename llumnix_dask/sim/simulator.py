@@ -10,7 +10,8 @@ One code path with the served cluster: dispatch, migration planning (pairs and t
 scaling decisions and draining are made by :class:`~llumnix_dask.scheduler.core.GlobalScheduler` - the object
 the Dask scheduler plugin wraps - with the simulated clock, and it is fed the way the plugin is: every engine
 reports its load, with its request lists, after each step (and when it goes idle), so dispatch and migration
-see each instance as of its last report plus the requests sent to it since. This module keeps only what the Dask side does: the event loop, the engines' steps, the migrations
+see each instance as of its last report plus the requests sent to it since. This module keeps only what
+the Dask side does: the event loop, the engines' steps, the migrations
 (:mod:`llumnix_dask.sim.migration`) and the cluster manager (start an instance ``instance_startup_s`` after
 the scheduler raises its target, retire an instance once the scheduler reports it drained), plus metrics.
 
