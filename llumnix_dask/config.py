@@ -71,6 +71,9 @@ class PolicyConfig:
     # this many blocks (``total - priority_instance_blocks`` of fake usage, once per instance), so it keeps a
     # batch of about that size. None: ``priority_headroom_blocks`` per high-priority request instead.
     priority_instance_blocks: int | None = None
+    # Whether a high-priority request may migrate when no normal one is eligible (its instance is kept light
+    # for it, so moving it undoes that; the paper's runs never moved one).
+    migrate_high_priority: bool = True
     # Time-to-first-token targets (seconds) of normal and high-priority requests, None = no target. SLO
     # attainment measures requests without their own ``slo`` against them; the dashboard draws them and the
     # control panel edits them live.
@@ -369,7 +372,8 @@ def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
       request for M-M and S-L, 3 for the other traces (``trace`` picks it; 3 when None);
     * an instance holding preempted requests is always a source, never a destination (as by default);
     * pairs re-planned every 4 rounds of engine steps: ``migration_interval_s`` 0.2 s (4 x ~50 ms steps);
-    * the migrated request is the newest running normal-priority one (``request_selection="LCR"``);
+    * the migrated request is the newest running normal-priority one (``request_selection="LCR"``,
+      ``migrate_high_priority=False``);
     * an instance holding high-priority requests counts as if it had only 100 blocks (``total - 100`` blocks
       of headroom: ``priority_instance_blocks=100``);
     * auto-scaling checks the band every 10 s and acts at once (``scaling_patience_s=0``).
@@ -389,7 +393,8 @@ burst should not buy an instance that takes seconds to start)::
     """
     threshold = 10.0 if trace in PAPER_HIGH_THRESHOLD_TRACES else 3.0
     base = {"migrate_out_freeness": threshold, "migrate_in_freeness": threshold, "request_selection": "LCR",
-            "migration_interval_s": 0.2, "priority_instance_blocks": 100, "scaling_patience_s": 0.0}
+            "migration_interval_s": 0.2, "priority_instance_blocks": 100, "scaling_patience_s": 0.0,
+            "migrate_high_priority": False}
     return PolicyConfig(**{**base, **overrides})
 
 

@@ -100,3 +100,13 @@ def test_selection_moves_normal_requests_before_high_priority_ones():
     assert select_request(src, DST, PolicyConfig(priorities_enabled=False)).request_id == "hp"
     only_hp = InstanceLoad.from_requests("s", 100, 2, running=(hp,))
     assert pick("SR", only_hp) == "hp"
+
+
+def test_high_priority_requests_stay_put_when_the_policy_says_so():
+    from llumnix_dask.request import Priority
+
+    src = InstanceLoad.from_requests("a", 100, 60, running=(RequestLoad("h", 60, priority=Priority.HIGH,
+                                                                          num_tokens=900),))
+    dst = InstanceLoad("b", 100, 0)
+    assert select_request(src, dst, PolicyConfig()).request_id == "h"  # nothing else to move: it may go
+    assert select_request(src, dst, PolicyConfig(migrate_high_priority=False)) is None
