@@ -29,12 +29,8 @@ batch is lightest, which is typically one already kept light for high-priority r
 designs were weaker: sending it to the instance with the fewest high-priority requests spread them one per
 instance, so at the paper's load every instance carried the same headroom and it told them apart no more;
 dispatching it by the freeness *with* headroom does the same (the headroom of the high-priority requests
-already there pushes the new one to an instance full of normal requests). With the paper's form of the
-headroom (``priority_instance_blocks``: an instance holding any high-priority request counts as if it had only
-that many blocks) the instances holding high-priority requests are the few kept light for them, so a
-high-priority request sees the headroom mirrored - on the instances holding none - and joins them while they
-have room (the artifact's rule). The engine side (high-priority requests ahead in the local queue,
-preempted last) is in :mod:`llumnix_dask.engine.sim`.
+already there pushes the new one to an instance full of normal requests). The engine side (high-priority
+requests ahead in the local queue, preempted last) is in :mod:`llumnix_dask.engine.sim`.
 
 A terminating instance never receives a request (its freeness is ``-inf``; it is also filtered out
 explicitly, so it is never chosen even when it is the only instance left).
@@ -115,14 +111,8 @@ def dispatch(
     # The headroom is fake usage that keeps *normal* requests away from the instances holding high-priority
     # ones; a high-priority request itself wants the instance whose real batch is lightest, so it sees
     # freeness without the headroom (see the module docstring).
-    if high and config.priority_instance_blocks is not None:
-        # The paper's form: a few instances are kept at a small batch for high-priority requests, so a new one
-        # joins them - it sees the headroom on the instances that hold *no* high-priority request instead.
-        scored = [(freeness(replace(x, num_high_priority=0 if x.num_high_priority else 1), config), x)
-                  for x in candidates]
-    else:
-        view = replace(config, priorities_enabled=False) if high else config
-        scored = [(freeness(x, view), x) for x in candidates]
+    view = replace(config, priorities_enabled=False) if high else config
+    scored = [(freeness(x, view), x) for x in candidates]
     not_busy = [s for s in scored if s[0] >= config.busy_freeness]
     pool = not_busy or scored
     # max() keeps the first of equal keys, so ties go to the first instance in the given order.

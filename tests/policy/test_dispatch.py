@@ -97,13 +97,3 @@ def test_high_priority_goes_to_the_lightest_real_load_and_normal_requests_see_th
     off = PolicyConfig(priorities_enabled=False)
     assert dispatch([a, c], hp, off, DispatchState()).instance_id == "a"
     assert dispatch([a, c], REQ, off, DispatchState()).instance_id == "a"
-
-def test_with_the_papers_headroom_high_priority_requests_join_the_instances_kept_light_for_them():
-    from llumnix_dask.request import Priority
-
-    cfg = PolicyConfig(priority_instance_blocks=100)
-    light = InstanceLoad.from_requests("light", 785, 10, running=(RequestLoad("n", 10),))  # emptiest, no high
-    kept = InstanceLoad.from_requests("kept", 785, 60, running=(RequestLoad("h", 60, priority=Priority.HIGH),))
-    high = RequestLoad("new-high", 4, priority=Priority.HIGH)
-    assert dispatch([light, kept], high, cfg, DispatchState()).instance_id == "kept"
-    assert dispatch([light, kept], RequestLoad("new-normal", 4), cfg, DispatchState()).instance_id == "light"
