@@ -1,114 +1,117 @@
-"""Priorities: S-S at 26 req/s, Gamma CV 4, 10% high-priority requests, 16 instances.
-Llumnix (priorities on) vs Llumnix-base (priorities off) on the same trace.
+"""Priorities (Fig. 13) in the simulator: S-S at 26 req/s, Gamma arrivals with CV 2/4/6/8, 10% of the requests
+high priority, 16 A10 / LLaMA-7B instances at 12,000 batched tokens (792 blocks), the paper's policy
+parameters. Llumnix (priorities on: high-priority requests first in the local queue, their instances keep a
+batch of ~100 blocks) vs Llumnix-base (priorities off) on the same traces, >= 3 seeds.
 
-    python benchmarks/priority_sim.py [--requests 10000] [--seeds 3] [--cv 4] [--headroom 320]
+    python benchmarks/priority_sim.py              # 4 CVs x 3 seeds x 10k requests (~2 min)
+    python benchmarks/priority_sim.py --quick      # CV 2 and 8, 1 seed, 3,000 requests
 
-Targets (issue 2): high-priority mean request latency base/llumnix >= 1.2x (paper 1.2-1.5x, prefill P99
-3.6-10x); normal requests pay at most +5% mean latency (paper <= 4.5%). With ``--seeds N`` both runs go over
-N traces and the tables and ratios use the means over seeds (per-seed ratios are in the JSON). Writes
-benchmarks/results/priority_sim.json.
+Targets (issue 12): high-priority mean request latency base/Llumnix >= 1.2x at every CV (paper 1.2-1.5x,
+prefill P99 3.6-10x); normal requests pay at most +5% mean latency (paper <= 4.5%). Writes
+benchmarks/results/priority_sim.json, .png (a row per class, a column per metric, CV on the x axis) and .txt.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import mean_over_seeds, print_rows, ratio, save, seed_list  # noqa: E402
+from _common import print_rows, ratio, save, seed_list  # noqa: E402
+from _sim_sweep import Tee, plot_grid, results_dir, run_all, spread  # noqa: E402
 
-from llumnix_dask.config import LatencyModel, PolicyConfig, SimConfig  # noqa: E402
+from llumnix_dask.config import A10_LLAMA_7B_12K, SimConfig, paper_policy  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
 from llumnix_dask.workloads import generate_trace  # noqa: E402
 
-COLUMNS = [
-    ("run", "run", 0), ("class", "class", 0), ("requests", "requests", 0),
-    ("prefill_mean", "prefill mean", 3), ("prefill_p99", "prefill P99", 3),
-    ("decode_mean", "decode mean", 4), ("decode_p99", "decode P99", 4),
-    ("e2e_mean", "e2e mean", 3), ("e2e_p99", "e2e P99", 2), ("preemption_loss", "preempt loss", 3),
-]
+CVS = (2.0, 4.0, 6.0, 8.0)
+RUNS = {"llumnix": True, "llumnix-base": False}  # label -> priorities_enabled
+CLASS_FIELDS = ("e2e_mean", "e2e_p99", "prefill_mean", "prefill_p99", "decode_mean", "decode_p99", "preemption_loss")
+PANELS = [("e2e_mean", "Request Mean"), ("e2e_p99", "Request P99"), ("prefill_mean", "Prefill Mean"),
+          ("prefill_p99", "Prefill P99"), ("decode_mean", "Decode Mean"), ("decode_p99", "Decode P99")]
 
 
-def rows_of(label: str, result, seed: int) -> list[dict]:
-    out = []
+def by_class(result) -> dict:
+    out = {}
     for cls, agg in result.by_priority().items():
-        out.append({"run": label, "class": cls, "seed": seed, "requests": agg["requests"],
-                    "prefill_mean": agg["prefill"]["mean"], "prefill_p99": agg["prefill"]["p99"],
-                    "decode_mean": agg["decode"]["mean"], "decode_p99": agg["decode"]["p99"],
-                    "e2e_mean": agg["e2e"]["mean"], "e2e_p99": agg["e2e"]["p99"],
-                    "preemption_loss": agg["preemption_loss_s"],
-                    "mem_util_mean": result.memory.get("util_mean")})
+        for f in CLASS_FIELDS:
+            key = f.removesuffix("_mean").removesuffix("_p99")
+            out[f"{cls}_{f}"] = agg["preemption_loss_s"] if f == "preemption_loss" else agg[key][f.rsplit("_", 1)[1]]
     return out
 
 
-def summarize(rows: list[dict]) -> dict:
-    by = {(r["run"], r["class"]): r for r in rows}
-    base_h, prio_h = by[("llumnix-base", "high")], by[("llumnix", "high")]
-    base_n, prio_n = by[("llumnix-base", "normal")], by[("llumnix", "normal")]
-    return {
-        "high_e2e_mean_speedup": ratio(base_h["e2e_mean"], prio_h["e2e_mean"]),
-        "high_prefill_mean_speedup": ratio(base_h["prefill_mean"], prio_h["prefill_mean"]),
-        "high_prefill_p99_speedup": ratio(base_h["prefill_p99"], prio_h["prefill_p99"]),
-        "high_decode_mean_speedup": ratio(base_h["decode_mean"], prio_h["decode_mean"]),
-        "normal_e2e_mean_penalty_pct": 100 * (ratio(prio_n["e2e_mean"], base_n["e2e_mean"]) - 1),
-    }
+def config(priorities: bool) -> SimConfig:
+    return SimConfig.for_profile(A10_LLAMA_7B_12K, policy=paper_policy("S-S", priorities_enabled=priorities))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=26.0)
-    ap.add_argument("--cv", type=float, default=4.0)
-    ap.add_argument("--high", type=float, default=0.1)
-    ap.add_argument("--headroom", type=int, default=PolicyConfig().priority_headroom_blocks)
+    ap.add_argument("--cvs", default=",".join(f"{c:g}" for c in CVS))
+    ap.add_argument("--high", type=float, default=0.1, help="share of high-priority requests")
     ap.add_argument("--seed", type=int, default=0, help="first seed")
-    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (traces); tables show the mean")
-    ap.add_argument("--decode-base-ms", type=float, default=None,
-                    help="sensitivity study only: override LatencyModel.decode_base_ms (default: calibrated value)")
-    ap.add_argument("--decode-ms-per-seq", type=float, default=None,
-                    help="sensitivity study only: override LatencyModel.decode_ms_per_seq")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="CV 2 and 8, 1 seed, 3,000 requests")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-    latency = LatencyModel()
-    if args.decode_base_ms is not None:
-        latency = replace(latency, decode_base_ms=args.decode_base_ms)
-    if args.decode_ms_per_seq is not None:
-        latency = replace(latency, decode_ms_per_seq=args.decode_ms_per_seq)
-    policy = PolicyConfig(priority_headroom_blocks=args.headroom)
-    runs = {
-        "llumnix-base": SimConfig(policy=replace(policy, priorities_enabled=False), latency=latency),
-        "llumnix": SimConfig(policy=policy, latency=latency),
-    }
-    seed_rows, per_seed = [], []
-    for seed in seed_list(args.seed, args.seeds):
-        trace = generate_trace("S-S", args.requests, args.rate, "gamma", args.cv, args.high, seed)
-        rows = []
-        for label, cfg in runs.items():
-            result = simulate(cfg, trace)
-            rows += rows_of(label, result, seed)
-            print(f"seed {seed} {label}: wall {result.wall_time_s:.1f} s", flush=True)
-        per_seed.append({"seed": seed, **summarize(rows)})
-        seed_rows += rows
-    rows = mean_over_seeds(seed_rows, ("run", "class"))
-    print(f"\n== mean over {args.seeds} seed(s)")
-    print_rows(rows, COLUMNS)
-    summary = summarize(rows)
-    met = summary["high_e2e_mean_speedup"] >= 1.2 and summary["normal_e2e_mean_penalty_pct"] <= 5
-    print(f"\nhigh-priority mean latency base/llumnix {summary['high_e2e_mean_speedup']:.3f}x (target >= 1.2x), "
-          f"prefill mean {summary['high_prefill_mean_speedup']:.2f}x, "
-          f"prefill P99 {summary['high_prefill_p99_speedup']:.2f}x, "
-          f"decode mean {summary['high_decode_mean_speedup']:.3f}x; "
-          f"normal mean latency penalty {summary['normal_e2e_mean_penalty_pct']:+.2f}% (target <= 5%) -> "
-          f"{'MET' if met else 'MISSED'}")
-    default = latency == LatencyModel() and args.headroom == PolicyConfig().priority_headroom_blocks
-    name = "priority_sim" if default else f"priority_sim_sensitivity_headroom{args.headroom}"
-    for p in per_seed:
-        print(f"  seed {p['seed']}: high mean latency {p['high_e2e_mean_speedup']:.3f}x, "
-              f"normal penalty {p['normal_e2e_mean_penalty_pct']:+.2f}%")
-    save(name, {"args": vars(args), "latency": vars(latency), "rows": rows, "summary": summary, "met": met,
-                "per_seed": per_seed, "per_seed_rows": seed_rows})
+    cvs = [2.0, 8.0] if args.quick else [float(c) for c in args.cvs.split(",")]
+    seeds = [args.seed] if args.quick else seed_list(args.seed, args.seeds)
+    requests = 3_000 if args.quick else args.requests
+    name = "priority_sim_quick" if args.quick else "priority_sim"
+    jobs = []
+    for cv in cvs:
+        for seed in seeds:
+            for label, prio in RUNS.items():
+                jobs.append(({"cv": cv, "run": label, "seed": seed},
+                             lambda cv=cv, seed=seed, prio=prio: simulate(config(prio), generate_trace(
+                                 "S-S", requests, args.rate, "gamma", cv, args.high, seed))))
+    with Tee() as tee:
+        print(f"== S-S {args.rate:g} req/s, gamma CV {cvs}, {args.high:.0%} high priority, {requests} requests, "
+              f"seeds {seeds}, 16 x a10-llama-7b-12k, paper policy parameters")
+        per_seed = run_all(jobs, progress=not args.no_progress, extra=by_class)
+        fields = [f"{c}_{f}" for c in ("high", "normal") for f in CLASS_FIELDS]
+        rows = spread(per_seed, ("cv", "run"), fields)
+        cols = [("cv", "CV", 0), ("run", "run", 0)]
+        for cls in ("high", "normal"):
+            print(f"\n== {cls}-priority requests: mean over seeds")
+            print_rows(rows, cols + [(f"{cls}_{f}", f.replace("_", " "), 3) for f in CLASS_FIELDS])
+        summary = []
+        for cv in cvs:
+            by = {r["run"]: r for r in rows if r["cv"] == cv}
+            base, prio = by["llumnix-base"], by["llumnix"]
+            per = [ratio(b, p) for b, p in zip(base["high_e2e_mean_seeds"], prio["high_e2e_mean_seeds"])]
+            summary.append({
+                "cv": cv,
+                "high_e2e_mean_x": ratio(base["high_e2e_mean"], prio["high_e2e_mean"]),
+                "high_e2e_mean_x_seeds": per,
+                "high_prefill_p99_x": ratio(base["high_prefill_p99"], prio["high_prefill_p99"]),
+                "high_decode_mean_x": ratio(base["high_decode_mean"], prio["high_decode_mean"]),
+                "normal_e2e_mean_penalty_pct": 100 * (ratio(prio["normal_e2e_mean"], base["normal_e2e_mean"]) - 1),
+            })
+        print("\n== Llumnix vs Llumnix-base (ratios of seed means; high x > 1: faster with priorities)")
+        print_rows(summary, [("cv", "CV", 0), ("high_e2e_mean_x", "high mean latency x", 3),
+                             ("high_prefill_p99_x", "high prefill P99 x", 2),
+                             ("high_decode_mean_x", "high decode mean x", 3),
+                             ("normal_e2e_mean_penalty_pct", "normal mean latency +%", 2)])
+        met_high = all(s["high_e2e_mean_x"] >= 1.2 for s in summary)
+        met_normal = all(s["normal_e2e_mean_penalty_pct"] <= 5 for s in summary)
+        print(f"\n  {'MET   ' if met_high else 'MISSED'} high-priority mean latency >= 1.2x better at every CV: "
+              + ", ".join(f"CV {s['cv']:g} {s['high_e2e_mean_x']:.2f}x" for s in summary))
+        print(f"  {'MET   ' if met_normal else 'MISSED'} normal-request penalty <= 5% at every CV: "
+              + ", ".join(f"CV {s['cv']:g} {s['normal_e2e_mean_penalty_pct']:+.1f}%" for s in summary))
+        plot_rows = [{"class": cls, "cv": r["cv"], "run": r["run"],
+                      **{f: r.get(f"{cls}_{f}") for f in CLASS_FIELDS},
+                      **{f + s: r.get(f"{cls}_{f}{s}") for f in CLASS_FIELDS for s in ("_min", "_max")}}
+                     for r in rows for cls in ("high", "normal")]
+        png = plot_grid(plot_rows, "class", ["high", "normal"], "cv", PANELS, "run",
+                        results_dir() / f"{name}.png", x_label="CV")
+        print(f"wrote {png}")
+    save(name, {"args": vars(args), "rows": rows, "summary": summary,
+                "met": {"high_priority": met_high, "normal_penalty": met_normal}, "per_seed_rows": per_seed})
+    print(f"wrote {tee.save(name)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""How fast is the simulator? Wall time of N requests x 16 instances (target: 10k in < 60 s on 2 cores).
+"""How fast is the simulator? Wall time of N requests x 16 instances (target: 10k in < 60 s on 2 cores),
+with the paper's setup (``SimConfig.paper``: A10 / LLaMA-7B profile, the real global scheduler fed with
+per-step load reports).
 
     python benchmarks/sim_speed.py [--requests 10000] [--points M-M:7.5,L-L:3.2] [--policies llumnix,infaas]
 
@@ -12,10 +14,9 @@ import argparse
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from llumnix_dask.config import PolicyConfig, SimConfig
+from llumnix_dask.config import SimConfig
 from llumnix_dask.sim import simulate
 from llumnix_dask.workloads import generate_trace
 
@@ -42,7 +43,7 @@ def main() -> None:
 def run_point(args, trace_name: str, rate: float, rows: list) -> None:
     trace = generate_trace(trace_name, args.requests, rate, seed=0)
     for policy in args.policies.split(","):
-        cfg = SimConfig(num_instances=args.instances, policy=replace(PolicyConfig(), dispatch=policy))
+        cfg = SimConfig.paper(trace_name, dispatch=policy, num_instances=args.instances)
         cpu = time.process_time()
         res = simulate(cfg, trace)
         rows.append({

@@ -64,7 +64,8 @@ def make_tiny_model_command(
 
 @app.command("sim")
 def sim_command(
-    trace: str = typer.Option("M-M", help="S-S, M-M, L-L, S-L, L-S, or a ShareGPT .json/.jsonl / BurstGPT .csv file."),
+    trace: str = typer.Option("M-M", help="S-S, M-M, L-L, S-L, L-S, ShareGPT or BurstGPT (lengths with those "
+                              "traces' statistics), or a ShareGPT .json/.jsonl / BurstGPT .csv file."),
     rate: float = typer.Option(7.5, help="Mean arrival rate, requests per second."),
     arrival: str = typer.Option("poisson", help="poisson or gamma."),
     cv: float = typer.Option(1.0, help="Coefficient of variation of Gamma inter-arrival times."),
@@ -75,7 +76,13 @@ def sim_command(
     min_instances: int = typer.Option(1, help="Scaling lower limit."),
     max_instances: int = typer.Option(16, help="Scaling upper limit."),
     high_priority: float = typer.Option(0.0, help="Fraction of high-priority requests."),
-    selection: str = typer.Option("SR", help="Migration request selection: SR, LR, LCR or FCW."),
+    selection: str = typer.Option(None, help="Migration request selection: SR, LR, LCR or FCW (default: the preset's)."),
+    preset: str = typer.Option("paper", help="Policy parameters: paper (the paper's runs, per trace) or default."),
+    profile: str = typer.Option("a10-llama-7b", help="Engine profile: a10-llama-7b, a10-llama-7b-12k or h100-llama-3-8b."),
+    blocks: int = typer.Option(None, help="KV blocks per instance (default: the profile's)."),
+    max_batched_tokens: int = typer.Option(None, help="Prefill tokens per step (default: the profile's)."),
+    max_batch_size: int = typer.Option(None, help="Requests per batch (default: the profile's)."),
+    watermark: float = typer.Option(None, help="Admission watermark, share of blocks kept free (default: the profile's)."),
     seed: int = typer.Option(0, help="Seed of the trace and the random policy."),
     out: str = typer.Option(None, help="Directory for sim.json, sim_requests.csv and sim_cdf.png."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -87,7 +94,8 @@ def sim_command(
 
     try:
         run_sim_command(trace, rate, arrival, cv, instances, requests, policy, scale_band, min_instances,
-                        max_instances, high_priority, selection, seed, Path(out) if out else None, progress)
+                        max_instances, high_priority, selection, seed, Path(out) if out else None, progress,
+                        preset, profile, blocks, max_batched_tokens, max_batch_size, watermark)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

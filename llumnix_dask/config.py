@@ -70,6 +70,13 @@ class PolicyConfig:
     # high-priority request so that it stays lightly loaded (small batches, fast decode).
     priorities_enabled: bool = True
     priority_headroom_blocks: int = 320
+    # The paper's form of the headroom: an instance holding any high-priority request counts as if it had only
+    # this many blocks (``total - priority_instance_blocks`` of fake usage, once per instance), so it keeps a
+    # batch of about that size. None: ``priority_headroom_blocks`` per high-priority request instead.
+    priority_instance_blocks: int | None = None
+    # Whether a high-priority request may migrate when no normal one is eligible (its instance is kept light
+    # for it, so moving it undoes that; the paper's runs never moved one).
+    migrate_high_priority: bool = True
     # Time-to-first-token targets (seconds) of normal and high-priority requests, None = no target. SLO
     # attainment measures requests without their own ``slo`` against them; the dashboard draws them and the
     # control panel edits them live.
@@ -103,6 +110,11 @@ class PolicyConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 _fail(self, name, f"must be an integer >= 1 or None, got {value!r}")
+        if self.priority_instance_blocks is not None and (
+            not isinstance(self.priority_instance_blocks, int) or self.priority_instance_blocks < 0
+        ):
+            _fail(self, "priority_instance_blocks",
+                  f"must be an integer >= 0 or None, got {self.priority_instance_blocks!r}")
         if self.min_instances < 1:
             _fail(self, "min_instances", f"must be >= 1, got {self.min_instances}")
         if self.max_instances < self.min_instances:
@@ -247,67 +259,194 @@ class TinyModelConfig:
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """Step latency of one engine instance (LLaMA-7B fp16 on one A10), for the simulator and the sim backend.
+    """Step latency of one engine instance, for the simulator and the sim backend.
 
-    Every constant is derived from a stated fact (REFERENCE.md anchors; public A10 / LLaMA-7B figures:
-    600 GB/s memory bandwidth, 125 TFLOPs fp16 tensor peak, 13.5 GB of fp16 weights, 512 KiB of KV per token):
+    * prefill step: ``prefill_base_ms + prefill_ms_per_token * tokens`` (compute bound);
+    * decode step over a batch of ``n`` requests holding ``kv`` KV tokens:
+      ``max(decode_base_ms + decode_ms_per_seq * n + decode_ms_per_kv_token * kv, n * prefill_ms_per_token)``
+      (reading the weights once, a per-sequence cost, reading every KV token; never faster than the batch's
+      compute);
+    * live migration: ``migration_stage_overhead_ms + migration_ms_per_block * blocks`` per stage, and a
+      downtime of ``migration_commit_ms + migration_ms_per_block * blocks`` for the last (paused) stage.
 
-    * Prefill is compute bound: ``prefill_base_ms + prefill_ms_per_token * tokens``. The two anchors (256
-      tokens ~58 ms, 8k tokens ~2.0 s) lie on a line through the origin: slope (2000 - 58) / (8192 - 256)
-      = 0.245 ms/token, intercept -4.6 ms ~ 0. So 0.24 ms/token and 0 ms; that is 44% of the tensor peak
-      (2 x 6.7e9 FLOP/token / 125 TFLOPs = 0.107 ms/token), a usual prefill efficiency.
-    * Decode is memory bound (roofline): one step reads the weights once and the KV of every token in the
-      batch. At the peak 600 GB/s that is 13.5e9 / 600e9 = 22.5 ms plus 524288 / 600e9 = 0.874 us per KV
-      token. The achieved fraction of the peak, eta, is calibrated to the top of the decode anchor: a step
-      over a full KV cache (960 blocks x 16 = 15,360 tokens, see SimConfig.blocks_per_instance) takes 53 ms,
-      so eta = (22.5 + 15360 x 0.000874) / 53 = 35.9 / 53 = 0.678. Hence ``decode_base_ms`` = 22.5 / 0.678
-      = 33.2 ms (batch of one short request) and ``decode_ms_per_kv_token`` = 0.000874 / 0.678 = 0.00129 ms.
-      The bottom of the anchor, 43 ms, is then a batch holding ~7.6k KV tokens (half the cache), i.e. the
-      anchor's range is the model's range between a half-full and a full instance.
-    * A step can not be faster than its compute: ``max(memory time, batch x prefill_ms_per_token)`` (the
-      decode GEMMs at the prefill's achieved FLOP rate); this binds only above ~140 sequences per batch.
-      ``decode_ms_per_seq`` is an extra per-sequence (CPU) cost on top; no stated fact pins it, so it is 0.
+    The defaults are the calibrated A10 / LLaMA-7B numbers of :data:`A10_LLAMA_7B` (see there for the sources);
+    :data:`ENGINE_PROFILES` has a current GPU too.
 
-    What the model predicts: batch 1 (a 256-token request) 33.5 ms; 16 requests x 512 tokens 43.8 ms; a full
-    cache 53 ms. A lightly loaded instance decodes ~1.6x faster than a full one, which is what the paper's
-    priority mechanism (small batches for high-priority requests) exploits.
+        >>> lat = LatencyModel()
+        >>> round(lat.decode_step_ms(1, 8192), 1), round(lat.decode_step_ms(32, 8192), 1)
+        (43.1, 53.0)
     """
 
     prefill_base_ms: float = 0.0
     prefill_ms_per_token: float = 0.24
-    decode_base_ms: float = 33.2
-    decode_ms_per_seq: float = 0.0
-    decode_ms_per_kv_token: float = 0.00129
-    # Migration cost model: per-block copy time of one stage, and the fixed handshake cost of a stage.
-    # Anchor: a blocking copy of 8k tokens (512 blocks of 16) takes ~2-3.5 s -> ~5 ms per block.
+    decode_base_ms: float = 32.5
+    decode_ms_per_seq: float = 0.32
+    decode_ms_per_kv_token: float = 0.00125
     migration_ms_per_block: float = 5.0
     migration_stage_overhead_ms: float = 2.0
-    # Downtime: the last stage's copy plus the commit handshake on both sides. Anchor: downtime ~20-30 ms,
-    # flat from 256 to 8k tokens (the last stage copies only the few blocks written during the stage before).
     migration_commit_ms: float = 15.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_positive(self, f.name, allow_zero=True)
 
+    def prefill_step_ms(self, tokens: int) -> float:
+        """Model time of one prefill step over ``tokens`` prompt (or recomputed) tokens."""
+        return self.prefill_base_ms + self.prefill_ms_per_token * tokens
+
+    def decode_step_ms(self, batch: int, kv_tokens: int) -> float:
+        """Model time of one decode step of ``batch`` requests holding ``kv_tokens`` KV tokens in all."""
+        memory = self.decode_base_ms + self.decode_ms_per_seq * batch + self.decode_ms_per_kv_token * kv_tokens
+        return max(memory, self.prefill_ms_per_token * batch)
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """One GPU + model as the simulator sees it: KV capacity, engine limits and step latency.
+
+    Pick one by name with :func:`engine_profile` or pass it to :meth:`SimConfig.for_profile`::
+
+        >>> p = engine_profile("a10-llama-7b")
+        >>> p.num_blocks, p.max_batched_tokens, p.num_blocks * p.block_size
+        (785, 12800, 12560)
+        >>> SimConfig.for_profile("h100-llama-3-8b").blocks_per_instance
+        24800
+    """
+
+    name: str
+    num_blocks: int  # KV blocks per instance
+    max_batched_tokens: int  # prefill tokens per step (vLLM's max_num_batched_tokens)
+    latency: LatencyModel
+    block_size: int = 16
+    max_batch_size: int = 256  # vLLM's max_num_seqs
+    admission_watermark: float = 0.01  # vLLM's block-manager watermark (share of all blocks kept free)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("num_blocks", "max_batched_tokens", "block_size", "max_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                _fail(self, name, f"must be an integer >= 1, got {value!r}")
+        if not 0.0 <= self.admission_watermark < 1.0:
+            _fail(self, "admission_watermark", f"must be in [0, 1), got {self.admission_watermark!r}")
+
+
+# LLaMA-7B fp16 on one A10 (24 GB), vLLM 0.2 as in the paper. Sources: REFERENCE.md's anchors, the paper's
+# Fig. 10 operating points and the public artifact (branch osdi24ae of the authors' repository).
+#
+# * Capacity: the artifact's profile of this pair at gpu_memory_utilization 0.9 has 862 / 831 / 792 blocks at
+#   4,400 / 8,700 / 12,000 batched tokens (activations grow with the budget, ~0.0092 blocks per token);
+#   extrapolated to the 12,800 of the serving runs: 792 - 800 x 0.0092 = 785 blocks (12,560 tokens). Cross
+#   check: 0.9 x 22.5 GiB - 12.55 GiB weights - ~1.5 GiB activations = ~6.2 GiB / 512 KiB per token.
+# * Prefill is compute bound and close to linear: 256 tokens ~58 ms and 8k tokens ~2.0 s lie on a line through
+#   the origin of slope ~0.24 ms/token (44% of the A10's 125 TFLOPs fp16 tensor peak).
+# * Decode: Fig. 10's steps hold ~8.2k KV tokens at every batch size (1 x 8k ... 32 x 256 tokens) and take
+#   43-53 ms; the time grows with the batch (vLLM 0.2's per-sequence work: sampling, block tables, Python), so
+#   the batch of one is the 43 ms end and 32 sequences the 53 ms end: decode_ms_per_seq = 10 / 31 = 0.32 ms.
+#   The KV term is the memory roofline: 512 KiB per token at the achieved ~70% of 600 GB/s = 1.25 us/token
+#   (10.3 ms for 8.2k tokens), leaving 43 - 0.32 - 10.3 = 32.5 ms for the weights (13.5 GB at 69% of peak,
+#   the same efficiency). A full cache (12.5k tokens, ~30 requests) then decodes in ~58 ms; with the prefill
+#   steps that interleave, INFaaS++'s mean decode latency at the paper's rates lands at ~0.05-0.06 s per token,
+#   where the artifact's reproduction of Fig. 11 has 0.052-0.062 s.
+# * Migration: a blocking copy of 8k tokens (512 blocks) takes 2-3.5 s -> ~5 ms per 16-token block (8 MiB);
+#   the downtime of a live migration is ~20-30 ms whatever the length -> 15 ms of commit handshake + the few
+#   blocks of the last stage.
+A10_LLAMA_7B = EngineProfile(
+    "a10-llama-7b", num_blocks=785, max_batched_tokens=12_800, latency=LatencyModel(),
+    description="LLaMA-7B fp16 on one A10 24 GB, vLLM 0.2 (the paper's serving runs, 12,800 batched tokens)",
+)
+# The paper's priority and scaling runs used 12,000 batched tokens: 792 blocks (the artifact's own profile).
+A10_LLAMA_7B_12K = dataclasses.replace(
+    A10_LLAMA_7B, name="a10-llama-7b-12k", num_blocks=792, max_batched_tokens=12_000,
+    description="LLaMA-7B fp16 on one A10 24 GB, 12,000 batched tokens (the paper's priority and scaling runs)",
+)
+# Llama-3-8B bf16 on one H100 SXM 80 GB, from published figures (a starting point for your own hardware;
+# measure yours with benchmarks/engine_throughput.py and override):
+# * KV: 32 layers x 8 KV heads x 128 dims x 2 (K, V) x 2 bytes = 128 KiB per token (grouped-query attention).
+#   0.9 x 80 GB - 16.1 GB weights - ~4 GB activations ~= 52 GB -> ~397k tokens = 24,800 blocks of 16.
+# * Prefill: 2 x 8.0e9 FLOPs per token at ~50% of the 989 TFLOPs bf16 dense peak -> 0.032 ms/token.
+# * Decode: 16.1 GB of weights at ~70% of 3.35 TB/s = 6.9 ms; 128 KiB per KV token at that rate = 0.056 us;
+#   ~0.02 ms per sequence (CUDA graphs keep the CPU work small) - ~7 ms per step at batch 1, the inter-token
+#   latency vLLM reports for this pair.
+# * Migration: ~25 GB/s between GPUs (PCIe 5 / NCCL) -> 2 MiB per block in ~0.08 ms; 5 ms of handshake.
+H100_LLAMA3_8B = EngineProfile(
+    "h100-llama-3-8b", num_blocks=24_800, max_batched_tokens=8_192,
+    latency=LatencyModel(prefill_ms_per_token=0.032, decode_base_ms=6.9, decode_ms_per_seq=0.02,
+                         decode_ms_per_kv_token=0.000056, migration_ms_per_block=0.08,
+                         migration_stage_overhead_ms=1.0, migration_commit_ms=5.0),
+    description="Llama-3-8B bf16 on one H100 SXM 80 GB (published figures)",
+)
+ENGINE_PROFILES: dict[str, EngineProfile] = {p.name: p for p in (A10_LLAMA_7B, A10_LLAMA_7B_12K, H100_LLAMA3_8B)}
+
+
+def engine_profile(name: str) -> EngineProfile:
+    """The named profile of :data:`ENGINE_PROFILES`; ValueError lists the names."""
+    if name not in ENGINE_PROFILES:
+        raise ValueError(f"engine profile: unknown profile {name!r}; choose one of {', '.join(ENGINE_PROFILES)}")
+    return ENGINE_PROFILES[name]
+
+
+# -- the paper's policy parameters ---------------------------------------------------------------------
+# Traces whose migration threshold was 10 blocks per request in the artifact's run scripts (3 for the others).
+PAPER_HIGH_THRESHOLD_TRACES = ("M-M", "S-L")
+
+
+def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
+    """The policy parameters of the paper's runs (the artifact's run scripts), as a :class:`PolicyConfig`.
+
+    * one migration threshold for both sides - a source is below it, a destination above it: 10 blocks per
+      request for M-M and S-L, 3 for the other traces (``trace`` picks it; 3 when None);
+    * an instance holding preempted requests is always a source, never a destination (as by default);
+    * pairs re-planned every 4 rounds of engine steps: ``migration_interval_s`` 0.2 s (4 x ~50 ms steps);
+    * the migrated request is the newest running normal-priority one (``request_selection="LCR"``,
+      ``migrate_high_priority=False``);
+    * an instance holding high-priority requests counts as if it had only 100 blocks (``total - 100`` blocks
+      of headroom: ``priority_instance_blocks=100``);
+    * auto-scaling checks the band every 10 s and acts at once (``scaling_patience_s=0``).
+
+    High-priority requests are dispatched by our rule (to the lightest real batch, see
+    :mod:`llumnix_dask.policy.dispatch`), not the artifact's, which showed them the headroom on the instances
+    holding *no* high-priority request: in the simulator that piled every high-priority request onto one
+    instance until it was full (their mean latency 0.43x of Llumnix-base's at CV 2-4).
+
+    Where our defaults (``PolicyConfig()``) differ, and why: thresholds 10 / 60 (a gap, so a request that
+    moved does not make its destination a source at the next tick - on a shared cluster of different
+    instance sizes); selection "SR" (least KV to copy, what a slow network wants); 50 ms ticks (our migration
+    is asynchronous, a tick costs little); headroom 320 blocks per high-priority request (scales with how many
+    there are instead of reserving most of an instance for the first one); a scaling patience of 30 s (one
+burst should not buy an instance that takes seconds to start)::
+
+        >>> p = paper_policy("M-M")
+        >>> p.migrate_out_freeness, p.migrate_in_freeness, p.request_selection, p.priority_instance_blocks
+        (10.0, 10.0, 'LCR', 100)
+        >>> paper_policy("L-L", dispatch="infaas").migrate_out_freeness
+        3.0
+    """
+    threshold = 10.0 if trace in PAPER_HIGH_THRESHOLD_TRACES else 3.0
+    base = {"migrate_out_freeness": threshold, "migrate_in_freeness": threshold, "request_selection": "LCR",
+            "migration_interval_s": 0.2, "priority_instance_blocks": 100, "scaling_patience_s": 0.0,
+            "migrate_high_priority": False}
+    return PolicyConfig(**{**base, **overrides})
+
 
 @dataclass(frozen=True)
 class SimConfig:
-    """The discrete-event simulator: N instances of the paper's setup."""
+    """The discrete-event simulator: N instances of one engine profile (default: the paper's A10 / LLaMA-7B).
+
+    Build one for another profile with :meth:`for_profile`; the paper's setup with :meth:`paper`.
+    """
 
     num_instances: int = 16
-    # KV blocks of 16 tokens per A10: REFERENCE.md puts the memory left for KV at ~7-8 GB; its midpoint,
-    # 7.5 GiB / 512 KiB per token = 15,360 tokens = 960 blocks.
-    blocks_per_instance: int = 960
+    blocks_per_instance: int = A10_LLAMA_7B.num_blocks
     block_size: int = 16
-    max_batch_size: int = 256
-    max_batched_tokens: int = 8192
+    max_batch_size: int = A10_LLAMA_7B.max_batch_size
+    max_batched_tokens: int = A10_LLAMA_7B.max_batched_tokens
     latency: LatencyModel = field(default_factory=LatencyModel)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     migration: MigrationConfig = field(default_factory=MigrationConfig)
     # vLLM admits a queued request only if its blocks fit while leaving this share of all blocks free (vLLM's
     # default watermark, 1%): decode steps then rarely preempt right after an admission.
-    admission_watermark: float = 0.01
+    admission_watermark: float = A10_LLAMA_7B.admission_watermark
     # Lifetime of a newly added instance before it serves (scale-up cold start), seconds. REFERENCE.md gives
     # no figure; 10 s is an assumption: reading 13.5 GB of fp16 weights takes ~7 s at ~2 GB/s (a local NVMe
     # SSD) plus a few seconds of engine start. benchmarks/scaling_sim.py --startup shows the sensitivity.
@@ -325,6 +464,27 @@ class SimConfig:
         _check_positive(self, "sample_interval_s")
         if not 0.0 <= self.admission_watermark < 1.0:
             _fail(self, "admission_watermark", f"must be in [0, 1), got {self.admission_watermark!r}")
+
+    @classmethod
+    def for_profile(cls, profile: str | EngineProfile, **overrides: Any) -> "SimConfig":
+        """A config whose instances are ``profile`` (a name of :data:`ENGINE_PROFILES` or a profile)."""
+        p = engine_profile(profile) if isinstance(profile, str) else profile
+        base = {"blocks_per_instance": p.num_blocks, "block_size": p.block_size, "max_batch_size": p.max_batch_size,
+                "max_batched_tokens": p.max_batched_tokens, "latency": p.latency,
+                "admission_watermark": p.admission_watermark}
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def paper(cls, trace: str | None = None, dispatch: str = "llumnix", **overrides: Any) -> "SimConfig":
+        """The paper's serving setup: 16 A10 / LLaMA-7B instances (12,800 batched tokens, 785 blocks) under
+        :func:`paper_policy` for ``trace``, with ``dispatch`` (llumnix, infaas, round_robin)::
+
+            >>> cfg = SimConfig.paper("L-L", dispatch="infaas")
+            >>> cfg.blocks_per_instance, cfg.policy.dispatch, cfg.policy.migrate_in_freeness
+            (785, 'infaas', 3.0)
+        """
+        policy = overrides.pop("policy", None) or paper_policy(trace, dispatch=dispatch)
+        return cls.for_profile(overrides.pop("profile", A10_LLAMA_7B), policy=policy, **overrides)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,15 @@ TRACE_PRESETS = {
     "S-L": (128, 512),
     "L-S": (512, 128),
 }
+# Real-trace-like lengths: (P50, P99) of the input and output lengths of the paper's real traces
+# (REFERENCE.md), drawn from log-normal distributions with that median and 99th percentile (their means come
+# out within ~10% of the traces' means: ShareGPT in 286 vs 306, out 527 vs 500; BurstGPT in 787 vs 830).
+# The datasets themselves are not shipped; load_trace reads them when you have them. REFERENCE.md gives no
+# output statistics for BurstGPT: it takes ShareGPT's output distribution (an assumption).
+REAL_TRACE_STATS = {
+    "ShareGPT": ((74, 3388), (487, 1234)),
+    "BurstGPT": ((582, 3549), (487, 1234)),
+}
 ARRIVALS = ("poisson", "gamma")
 
 
@@ -83,6 +92,18 @@ def zipf_lengths(
     return np.clip(np.ceil(drawn * scale), 1, max_len).astype(np.int64)
 
 
+def lognormal_lengths(
+    p50: float, p99: float, size: int, rng: np.random.Generator, max_len: int = MAX_LEN
+) -> np.ndarray:
+    """``size`` lengths from the log-normal distribution with median ``p50`` and 99th percentile ``p99``,
+    ceiled and clipped to [1, max_len]."""
+    if not 0 < p50 < p99:
+        raise ValueError(f"lengths: need 0 < p50 < p99, got p50={p50!r}, p99={p99!r}")
+    sigma = (np.log(p99) - np.log(p50)) / 2.3263478740408408  # the standard normal's 99th percentile
+    drawn = rng.lognormal(np.log(p50), sigma, size=size)
+    return np.clip(np.ceil(drawn), 1, max_len).astype(np.int64)
+
+
 def arrival_times(
     num_requests: int, rate: float, rng: np.random.Generator, arrival: str = "poisson", cv: float = 1.0
 ) -> np.ndarray:
@@ -117,11 +138,18 @@ def generate_trace(
     high_priority_fraction: float = 0.0,
     seed: int = 0,
 ) -> Trace:
-    """A generated trace: ``preset`` is one of S-S, M-M, L-L, S-L, L-S."""
-    if preset not in TRACE_PRESETS:
-        raise ValueError(f"trace: unknown trace {preset!r}; choose one of {', '.join(TRACE_PRESETS)}")
+    """A generated trace: ``preset`` is one of S-S, M-M, L-L, S-L, L-S (Zipf lengths), or ShareGPT / BurstGPT
+    (lengths with those traces' statistics, see :data:`REAL_TRACE_STATS`)."""
+    if preset not in TRACE_PRESETS and preset not in REAL_TRACE_STATS:
+        raise ValueError(f"trace: unknown trace {preset!r}; choose one of "
+                         f"{', '.join([*TRACE_PRESETS, *REAL_TRACE_STATS])}")
     _check_common(num_requests, high_priority_fraction)
     rng = np.random.default_rng(seed)
+    if preset in REAL_TRACE_STATS:
+        (in50, in99), (out50, out99) = REAL_TRACE_STATS[preset]
+        inputs = lognormal_lengths(in50, in99, num_requests, rng)
+        outputs = lognormal_lengths(out50, out99, num_requests, rng)
+        return _finish(preset, inputs, outputs, num_requests, rate, arrival, cv, high_priority_fraction, rng)
     in_mean, out_mean = TRACE_PRESETS[preset]
     inputs = zipf_lengths(in_mean, num_requests, rng)
     outputs = zipf_lengths(out_mean, num_requests, rng)
@@ -238,11 +266,12 @@ def load_trace(
     seed: int = 0,
 ) -> Trace:
     """A preset name (S-S, M-M, ...) or a path to a ShareGPT .json/.jsonl or BurstGPT .csv file."""
-    if source in TRACE_PRESETS:
+    if source in TRACE_PRESETS or source in REAL_TRACE_STATS:
         return generate_trace(source, num_requests, rate, arrival, cv, high_priority_fraction, seed)
     path = Path(source)
     if not path.exists():
-        raise ValueError(f"trace: {source!r} is neither a preset ({', '.join(TRACE_PRESETS)}) nor an existing file")
+        raise ValueError(f"trace: {source!r} is neither a preset ({', '.join([*TRACE_PRESETS, *REAL_TRACE_STATS])}) "
+                         f"nor an existing file")
     if path.suffix.lower() == ".csv":
         lens = load_burstgpt(path)
     else:

@@ -38,10 +38,43 @@ def test_defaults_are_valid_and_frozen():
     assert dataclasses.replace(cfg.policy, dispatch="infaas").dispatch == "infaas"
 
 
+def test_engine_profiles_are_named_and_the_a10_one_matches_the_papers_testbed():
+    from llumnix_dask.config import ENGINE_PROFILES, engine_profile
+
+    a10 = engine_profile("a10-llama-7b")
+    assert 785 <= a10.num_blocks <= 792 and a10.max_batched_tokens == 12_800 and a10.block_size == 16
+    assert engine_profile("a10-llama-7b-12k").num_blocks == 792 and ENGINE_PROFILES["a10-llama-7b-12k"].max_batched_tokens == 12_000
+    h100 = engine_profile("h100-llama-3-8b")
+    assert h100.num_blocks > 10 * a10.num_blocks and h100.latency.decode_step_ms(1, 1000) < a10.latency.decode_step_ms(1, 1000)
+    with pytest.raises(ValueError, match="unknown profile 'b200'.*a10-llama-7b"):
+        engine_profile("b200")
+    cfg = SimConfig.for_profile("h100-llama-3-8b", num_instances=4)
+    assert cfg.blocks_per_instance == h100.num_blocks and cfg.latency == h100.latency and cfg.num_instances == 4
+    assert SimConfig().blocks_per_instance == a10.num_blocks  # the simulator's default is the paper's testbed
+
+
+def test_paper_preset_has_the_artifacts_parameters():
+    from llumnix_dask.config import paper_policy
+
+    for trace, threshold in (("M-M", 10), ("S-L", 10), ("L-L", 3), ("S-S", 3), ("ShareGPT", 3), (None, 3)):
+        p = paper_policy(trace)
+        assert p.migrate_out_freeness == p.migrate_in_freeness == threshold, trace
+    p = paper_policy("L-L", dispatch="infaas")
+    assert p.dispatch == "infaas" and p.request_selection == "LCR" and p.priority_instance_blocks == 100
+    assert p.migration_interval_s == pytest.approx(0.2)
+    cfg = SimConfig.paper("M-M", dispatch="round_robin")
+    assert cfg.policy.dispatch == "round_robin" and cfg.blocks_per_instance == 785 and cfg.max_batched_tokens == 12_800
+    with pytest.raises(ValueError, match="priority_instance_blocks"):
+        PolicyConfig(priority_instance_blocks=-1)
+
+
 def test_latency_defaults_match_reference_anchors():
     lat = LatencyModel()
     assert 0.058 * 0.9 < lat.prefill_ms_per_token * 256 / 1000 < 0.058 * 1.2  # 256-token prefill ~58 ms
     assert 1.8 < lat.prefill_ms_per_token * 8192 / 1000 < 2.2  # 8k-token prefill ~2 s
     step = lat.decode_base_ms + 16 * lat.decode_ms_per_seq + 16 * 512 * lat.decode_ms_per_kv_token
     assert 43 <= step <= 53  # one decode step of a moderate batch
+    # Fig. 10's steps of ~8.2k KV tokens: 43 ms with one sequence, 53 ms with 32
+    assert lat.decode_step_ms(1, 8192) == pytest.approx(43, abs=0.5)
+    assert lat.decode_step_ms(32, 8192) == pytest.approx(53, abs=0.5)
     assert 2000 <= 512 * lat.migration_ms_per_block <= 3500  # blocking copy of 8k tokens

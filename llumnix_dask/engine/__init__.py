@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EngineBackend", "MigrationState", "StepOutput", "create_engine"]
 
-# KV blocks of a sim instance when EngineConfig.num_blocks is not given: the simulator's A10 figure.
-SIM_DEFAULT_BLOCKS = 960
-
 
 def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
     """The engine named by ``config.backend`` (torch and the model are imported only when needed)."""
@@ -28,21 +25,21 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
 
         return NanoEngine(config, instance_id)
     if config.backend == "sim":
-        from llumnix_dask.config import DEFAULT_BLOCK_SIZE, LatencyModel
+        from llumnix_dask.config import A10_LLAMA_7B, DEFAULT_BLOCK_SIZE
         from llumnix_dask.engine.sim import VOCAB, SimEngine
         from llumnix_dask.engine.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(config)
 
         # Real time: each step sleeps its modelled latency, so a cluster of sim instances behaves like one
-        # of LLaMA-7B/A10 instances (the simulator's defaults) without any tensors.
+        # of LLaMA-7B/A10 instances (the simulator's calibrated profile) without any tensors.
         return SimEngine(
             instance_id,
-            num_blocks=config.num_blocks or SIM_DEFAULT_BLOCKS,
+            num_blocks=config.num_blocks or A10_LLAMA_7B.num_blocks,
             block_size=config.block_size or DEFAULT_BLOCK_SIZE,
             max_batch_size=config.max_batch_size,
             max_batched_tokens=config.max_batched_tokens,
-            latency=LatencyModel(),
+            latency=A10_LLAMA_7B.latency,
             realtime=True,
             priority_scheduling=True,
             vocab_size=tokenizer.vocab_size if tokenizer is not None else VOCAB,

@@ -13,17 +13,19 @@ can run the real policies over many instances cheaply::
     >>> outs[0].finished, outs[0].finish_reason
     (True, 'length')
 
-Scheduling follows the vLLM (v0) engine the paper built on: a step is either a *prefill* step that admits
-queued requests in queue order while blocks (leaving ``watermark_blocks`` free, vLLM's admission watermark),
-batch slots and the prefill token budget allow (the first one is always allowed so a long prompt cannot
-starve), or a *decode* step that gives every running request one token. Before a decode step every request
-whose next token needs a new block gets one; when the blocks run out the most recently admitted running
-request is preempted by recompute: it frees all its blocks and goes back to the head of the queue; its
-re-prefill later recomputes prompt + generated tokens.
+Scheduling follows vLLM 0.2, the engine the paper built on. A step is either a *prefill* step that admits
+queued requests in queue order (FCFS, head-of-line blocking: the first that does not fit stops admission)
+while blocks (leaving ``watermark_blocks`` free, vLLM's admission watermark), batch slots and the prefill
+token budget allow (the first one is always allowed so a long prompt cannot starve), or a *decode* step that
+gives every running request one token. Before a decode step the running requests are taken in arrival order,
+each needing one free block at its turn (vLLM's ``can_append_slot``) and taking one if its next token opens a
+new block; when none is free the latest-*arrived* running request is preempted by recompute: it frees all
+its blocks and goes back to the head of the queue; its re-prefill later recomputes prompt + generated
+tokens (so an instance with no free block preempts even if no request needs one, as vLLM 0.2 did).
 
 With ``priority_scheduling`` (local scheduling by priority, paper section 4.4.2) the queue holds the
 high-priority requests ahead of the normal ones (FCFS within a class), and preemption takes the most
-recently admitted *normal* request before any high-priority one. Without it the queue is plain FCFS.
+recently arrived *normal* request before any high-priority one. Without it the queue is plain FCFS.
 
 Fake token ids are a function of (seed, position) - the request's sampling seed, or a hash of its id - so
 a migrated request produces exactly the ids it would have produced without moving.
@@ -34,6 +36,7 @@ which keeps per-request counters instead of token lists (fast); :meth:`step` is 
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -71,6 +74,7 @@ class SimEngine(SimMigrationMixin):
         priority_scheduling: bool = False,
         vocab_size: int = VOCAB,
         detokenize: Callable[[list[int]], str] | None = None,
+        detailed_load: bool | None = None,
     ) -> None:
         for name, value in (("num_blocks", num_blocks), ("block_size", block_size),
                             ("max_batch_size", max_batch_size), ("max_batched_tokens", max_batched_tokens)):
@@ -80,6 +84,10 @@ class SimEngine(SimMigrationMixin):
             raise ValueError(
                 f"SimEngine.watermark_blocks: must be an integer in [0, num_blocks), got {watermark_blocks!r}")
         self.watermark_blocks = watermark_blocks
+        # load() lists every request (as the nano engine's does) so that a served cluster's scheduler and
+        # worker can pick the request to migrate; the simulator reports the O(1) summary at every step and
+        # lists the requests only where a migration starts. Default: detailed when serving (realtime).
+        self.detailed_load = realtime if detailed_load is None else detailed_load
         self.priority_scheduling = priority_scheduling
         # Token ids are drawn below this, so a frontend's tokenizer can turn them into text.
         self.vocab_size = vocab_size
@@ -107,6 +115,7 @@ class SimEngine(SimMigrationMixin):
         # replaced by the destination's on commit, so the source keeps its copy to free on release).
         self._paused: dict[str, tuple[SimSeq, list[int]]] = {}
         self._waiting_demand = 0
+        self._waiting_loads: tuple[RequestLoad, ...] | None = None  # the queue's RequestLoads, until it changes
         self._num_high = 0
         self._num_high_waiting = 0  # with priority_scheduling they are waiting[0 : _num_high_waiting]
         self._num_preempted_waiting = 0
@@ -145,6 +154,7 @@ class SimEngine(SimMigrationMixin):
         else:
             waiting.insert(idx, seq)
         self._waiting_demand += self._demand(seq)
+        self._waiting_loads = None
         if seq.high:
             self._num_high_waiting += 1
         if seq.preempted_at is not None:
@@ -152,6 +162,7 @@ class SimEngine(SimMigrationMixin):
 
     def _dequeue(self, seq: SimSeq) -> None:
         self._waiting_demand -= self._demand(seq)
+        self._waiting_loads = None
         if seq.high:
             self._num_high_waiting -= 1
         if seq.preempted_at is not None:
@@ -166,6 +177,11 @@ class SimEngine(SimMigrationMixin):
         del self._seqs[seq.request.request_id]
         if seq.high:
             self._num_high -= 1
+
+    def _join_running(self, seq: SimSeq) -> None:
+        """Into the running batch, kept in the order of vLLM's scheduling policy (which sorts it every step):
+        arrival, or with priority scheduling the high-priority requests first, each class by arrival."""
+        bisect.insort(self._running, seq, key=_priority_then_arrival if self.priority_scheduling else _arrival)
 
     # -- serving -----------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -234,7 +250,7 @@ class SimEngine(SimMigrationMixin):
                 self._plan = ("prefill", admitted)
             elif self._running:
                 duration, batch = self._plan_decode(now)
-                self._plan = ("decode", batch)
+                self._plan = ("decode", batch) if batch else None  # all preempted: nothing runs
             else:
                 self._plan = None
                 duration = 0.0
@@ -261,7 +277,7 @@ class SimEngine(SimMigrationMixin):
             seq.active = True
             seq.owner = self
             seq.admitted_at = now
-            self._running.append(seq)
+            self._join_running(seq)
             admitted.append(seq)
             budget -= total
             slots -= 1
@@ -271,36 +287,47 @@ class SimEngine(SimMigrationMixin):
 
     def _plan_decode(self, now: float) -> tuple[float, list[SimSeq]]:
         free, bs, running = self._free, self.block_size, self._running
-        needy = []
-        kv_tokens = 0
+        needy = 0
         for s in running:
-            t = s.total
-            kv_tokens += t
-            if t > s.capacity:
-                needy.append(s)
-        preempted = False
-        while len(needy) > len(free) and len(running) > 1:
-            victim = running[-1]  # the most recently admitted request...
-            if self.priority_scheduling and victim.high:  # ...that is not high priority, if there is one
-                victim = next((s for s in reversed(running) if not s.high), victim)
-            self._preempt(victim, now)
-            preempted = True
-            needy = [s for s in needy if s is not victim]
-        short = False
-        for s in needy:
-            if free:
+            if s.total > s.capacity:
+                needy += 1
+        last = running[-1]
+        # Taken in policy order, each request needs a free block at its turn and the needy ones take one: all
+        # pass unless the blocks run out before the last request's turn.
+        if len(free) < 1 + needy - (last.total > last.capacity):
+            self._preempt_until_fits(now)
+        for s in running:
+            if s.total > s.capacity:
                 s.block_ids.append(free.pop())
                 s.capacity += bs
-            else:  # only when reserved migration blocks hold the rest: this request sits the step out
-                short = True
-        if short or preempted:
-            batch = [s for s in running if s.total <= s.capacity] if short else list(running)
-            kv_tokens = sum(s.total for s in batch)
-        else:
-            batch = list(running)
-        n = len(batch)
+        n = len(running)
+        if not n:
+            return 0.0, []
+        kv_tokens = 0
+        for s in running:
+            kv_tokens += s.total
         # Roofline: weights + KV reads at the achieved bandwidth, or the batch's compute if that is longer.
-        return max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n), batch
+        return max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n), \
+            list(running)
+
+    def _preempt_until_fits(self, now: float) -> None:
+        """vLLM 0.2's loop: in policy order, while no block is free at a request's turn, preempt the last
+        request in that order (the latest arrival; with priority scheduling the latest normal one), which is
+        the request itself when none comes after it."""
+        taken = 0  # blocks the requests before the current one will take
+        order = list(self._running)
+        i = 0
+        while i < len(order):
+            s = order[i]
+            while len(self._free) - taken < 1:
+                victim = order.pop()  # the last in policy order; the request itself when it is the last
+                self._preempt(victim, now)
+                if victim is s:
+                    break
+            else:
+                if s.total > s.capacity:
+                    taken += 1
+                i += 1
 
     def _preempt(self, seq: SimSeq, now: float) -> None:
         self._running.remove(seq)
@@ -363,46 +390,57 @@ class SimEngine(SimMigrationMixin):
         return self.finish_step(end)[1]
 
     # -- load --------------------------------------------------------------------------------------
-    def load(self, detailed: bool = False) -> InstanceLoad:
-        """O(1) snapshot; ``detailed=True`` also lists every request (for migration's request selection)."""
-        used = self.num_blocks - len(self._free)
-        if detailed:
-            with self._lock:
-                bs = self.block_size
-                running = [self._request_load(s, len(s.block_ids), False) for s in self._running]
-                running += [self._request_load(s, len(b), True) for s, b in self._paused.values()]
-                waiting = [self._request_load(s, -(-s.total // bs), False) for s in self._waiting]
-            load = InstanceLoad.from_requests(
-                self.instance_id, self.num_blocks, used, running, waiting, terminating=self.terminating,
-                migrating=self.migrations_in_flight > 0, num_preemptions=self.num_preemptions, time=self.now,
+    def load(self, detailed: bool | None = None) -> InstanceLoad:
+        """Snapshot of the instance; ``detailed=True`` also lists every request (for migration's request
+        selection). None: the engine's ``detailed_load``. The aggregates are O(1) counters; the request lists
+        reuse each request's last RequestLoad until its blocks (or state) change, so ``num_tokens`` of a running
+        request is as of its latest block (at most ``block_size - 1`` tokens behind)."""
+        with self._lock:
+            used = self.num_blocks - len(self._free)
+            waiting = self._waiting
+            running: tuple[RequestLoad, ...] = ()
+            queued: tuple[RequestLoad, ...] = ()
+            if detailed or (detailed is None and self.detailed_load):
+                cached = self._cached_load
+                running = tuple([cached(s, len(s.block_ids), False) for s in self._running]
+                                + [cached(s, len(b), True) for s, b in self._paused.values()])
+                if self._waiting_loads is None:
+                    bs = self.block_size
+                    self._waiting_loads = tuple(cached(s, -(-s.total // bs), False) for s in waiting)
+                queued = self._waiting_loads
+            return InstanceLoad(
+                instance_id=self.instance_id,
+                total_blocks=self.num_blocks,
+                used_blocks=used,
+                num_running=len(self._running) + len(self._paused),
+                num_waiting=len(waiting),
+                running_blocks=used,  # reserved blocks of incoming migrations count as used
+                waiting_demand_blocks=self._waiting_demand,
+                hol_demand_blocks=-(-waiting[0].total // self.block_size) if waiting else 0,
+                num_high_priority=self._num_high,
+                num_preempted_waiting=self._num_preempted_waiting,
+                terminating=self.terminating,
+                migrating=self.migrations_in_flight > 0,
+                num_preemptions=self.num_preemptions,
+                time=self.now,
+                running=running,
+                waiting=queued,
             )
-            # Reserved blocks of incoming migrations are used too: count them so the load is consistent.
-            return load if load.running_blocks == used else _with_running_blocks(load, used)
-        waiting = self._waiting
-        return InstanceLoad(
-            instance_id=self.instance_id,
-            total_blocks=self.num_blocks,
-            used_blocks=used,
-            num_running=len(self._running) + len(self._paused),
-            num_waiting=len(waiting),
-            running_blocks=used,  # reserved blocks of incoming migrations count as used
-            waiting_demand_blocks=self._waiting_demand,
-            hol_demand_blocks=-(-waiting[0].total // self.block_size) if waiting else 0,
-            num_high_priority=self._num_high,
-            num_preempted_waiting=self._num_preempted_waiting,
-            terminating=self.terminating,
-            migrating=self.migrations_in_flight > 0,
-            num_preemptions=self.num_preemptions,
-            time=self.now,
-        )
 
     @staticmethod
-    def _request_load(s: SimSeq, blocks: int, migrating: bool) -> RequestLoad:
-        r = s.request
-        return RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
-                           preempted=s.preempted_at is not None, migrating=migrating)
+    def _cached_load(s: SimSeq, blocks: int, migrating: bool) -> RequestLoad:
+        rl = s.load_cache
+        preempted = s.preempted_at is not None
+        if rl is None or rl.blocks != blocks or rl.migrating != migrating or rl.preempted != preempted:
+            r = s.request
+            rl = s.load_cache = RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
+                                            preempted=preempted, migrating=migrating)
+        return rl
 
-def _with_running_blocks(load: InstanceLoad, used: int) -> InstanceLoad:
-    from dataclasses import replace
 
-    return replace(load, running_blocks=used)
+def _arrival(seq: SimSeq) -> float:
+    return seq.request.arrival_time
+
+
+def _priority_then_arrival(seq: SimSeq) -> tuple[bool, float]:
+    return (not seq.high, seq.request.arrival_time)

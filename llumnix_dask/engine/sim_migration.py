@@ -50,7 +50,7 @@ class SimMigrationMixin:
             seq, blocks = self._paused.pop(request_id)
             seq.block_ids, seq.capacity = blocks, len(blocks) * self.block_size
             seq.active = True
-            self._running.append(seq)
+            self._join_running(seq)
             seq.request.transition(RequestStatus.RUNNING, self.now, "migration failed, resumed")
 
     def release(self, request_id: str) -> None:
@@ -104,7 +104,7 @@ class SimMigrationMixin:
             self._seqs[request.request_id] = seq
             if seq.high:
                 self._num_high += 1
-            self._running.append(seq)
+            self._join_running(seq)
             request.instance_id = self.instance_id
             request.num_migrations += 1
             request.transition(RequestStatus.RUNNING, self.now, f"migrated to {self.instance_id}")

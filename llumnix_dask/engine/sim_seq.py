@@ -13,7 +13,7 @@ class SimSeq:
     """Per-request engine state; it travels with the request (``request.metadata["sim_seq"]``) on migration."""
 
     __slots__ = ("request", "prompt_len", "max_tokens", "generated", "total", "block_ids", "capacity", "high",
-                 "active", "owner", "preempted_at", "preemption_loss_s", "token_seed", "admitted_at")
+                 "active", "owner", "preempted_at", "preemption_loss_s", "token_seed", "admitted_at", "load_cache")
 
     def __init__(self, request: Request) -> None:
         self.request = request
@@ -31,12 +31,14 @@ class SimSeq:
         seed = request.sampling.seed
         self.token_seed = seed if seed is not None else zlib.crc32(request.request_id.encode())
         self.admitted_at = 0.0
+        self.load_cache: object = None  # the RequestLoad last reported (the engine rebuilds it when it changes)
 
     def __getstate__(self) -> dict:
         # The owning engine (its lock, its queues) stays behind when the state crosses a process boundary
         # in a migration: the destination sets itself as owner on commit.
         state = {name: getattr(self, name) for name in self.__slots__}
         state["owner"] = None
+        state["load_cache"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -131,6 +131,30 @@ class MigrationResult:
         return asdict(self)
 
 
+def live_stage_end(
+    stage: int, num_kv_tokens: int, sent_blocks: int, block_size: int, config: MigrationConfig
+) -> int | None:
+    """The stage rule, shared by :func:`migrate_out` and the simulator's migration model.
+
+    At stage ``stage`` (1-based) of a request holding ``num_kv_tokens`` KV tokens whose first ``sent_blocks``
+    blocks are already on the destination: the end (exclusive) of the blocks ``[sent_blocks, end)`` that a
+    *live* stage copies - those completed since, a full block never changes again - or None when this stage is
+    the last one: the rest (the partial block included) is small or ``max_stages`` is reached, so the request
+    pauses and blocks ``[sent_blocks, ceil(num_kv_tokens / block_size))`` go, counted after the pause. Only
+    the first reservation of a migration keeps the destination's watermark free::
+
+        >>> cfg = MigrationConfig(max_stages=3, last_stage_max_blocks=16)
+        >>> live_stage_end(1, 8000, 0, 16, cfg)       # 500 blocks to go: copy the 500 full ones live
+        500
+        >>> live_stage_end(2, 8100, 500, 16, cfg) is None   # 7 left: pause and finish
+        True
+    """
+    rest = math.ceil(num_kv_tokens / block_size) - sent_blocks
+    if stage < config.max_stages and rest > config.last_stage_max_blocks:
+        return num_kv_tokens // block_size
+    return None
+
+
 def new_migration_id() -> str:
     return f"mig-{uuid.uuid4().hex[:12]}"
 
@@ -247,11 +271,10 @@ async def _migrate_running(
             except KeyError:
                 _check_running(request, preemptions)
                 raise MigrationAborted("not-running") from None
-            full = min(num_kv // bs, len(table))
-            rest = math.ceil(num_kv / bs) - sent
-            if stage < config.max_stages and rest > config.last_stage_max_blocks:
+            end = live_stage_end(stage, num_kv, sent, bs, config)
+            if end is not None:
                 # Live stage: the blocks completed since the previous stage, the request keeps decoding.
-                ids = table[sent:full]
+                ids = table[sent : min(end, len(table))]
                 nbytes = await send_stage(engine, dst, mid, rid, ids, sent, config, first_stage=stage == 1)
                 reserved = True
                 _check_running(request, preemptions)

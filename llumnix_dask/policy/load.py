@@ -20,7 +20,9 @@ Definitions:
   other queued requests count nothing (they only lower freeness through B); with it off no queued request
   counts (the physical view, which hides fragmentation);
 * every high-priority request adds ``priority_headroom_blocks`` of fake usage so the instance that holds it
-  stays lightly loaded (smaller batches, faster decode) and receives fewer new requests;
+  stays lightly loaded (smaller batches, faster decode) and receives fewer new requests; with
+  ``priority_instance_blocks`` set (the paper's form) an instance holding any high-priority request instead
+  counts ``total_blocks - priority_instance_blocks`` of fake usage, once;
 * a terminating instance has infinite usage: nothing is dispatched to it and it is migrated from first;
 * freeness F = (M - sum V) / B with M the instance's total blocks and B the number of requests it holds
   (running + queued, at least 1): free blocks per request, i.e. how long the batch can keep decoding.
@@ -129,8 +131,12 @@ def virtual_usage(load: InstanceLoad, config: PolicyConfig) -> float:
         # Only the head-of-line request: it is the one blocked by fragmentation, and counting it in full
         # makes the instance look full so migration frees room for it (paper section 4.4.1).
         total += load.hol_demand_blocks
-    if config.priorities_enabled:
-        total += config.priority_headroom_blocks * load.num_high_priority
+    if config.priorities_enabled and load.num_high_priority:
+        if config.priority_instance_blocks is not None:
+            # The paper's form: the instance looks as if it had only priority_instance_blocks blocks.
+            total += max(0, load.total_blocks - config.priority_instance_blocks)
+        else:
+            total += config.priority_headroom_blocks * load.num_high_priority
     return float(total)
 
 

@@ -30,7 +30,7 @@ count with their demand, which must fit beside the demand of the destination's o
   back to the shortest running one.
 
 With priorities enabled, normal requests are chosen before high-priority ones (a high-priority request
-moves only when nothing else is eligible). SR, LR and LCR move a running request when one is eligible -
+moves only when nothing else is eligible, and never with ``migrate_high_priority`` off). SR, LR and LCR move a running request when one is eligible -
 freeing blocks on the source is what lets its blocked head-of-line request start (de-fragmentation) - and
 fall back to the queued requests otherwise.
 """
@@ -116,7 +116,7 @@ def select_request(
         # requests first, a high-priority one only when nothing else is eligible.
         normal_running = [r for r in running if r.priority < Priority.HIGH]
         normal_waiting = [r for r in waiting if r.priority < Priority.HIGH]
-        if normal_running or normal_waiting:
+        if normal_running or normal_waiting or not config.migrate_high_priority:
             running, waiting = normal_running, normal_waiting
     rule = config.request_selection
     if rule == "SR":

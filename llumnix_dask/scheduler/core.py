@@ -55,6 +55,8 @@ class InstanceRecord:
     # ``load`` is always ``report`` (the latest report as received) with these applied.
     pending: dict[str, tuple[RequestLoad, float]] = field(default_factory=dict)
     report: InstanceLoad | None = None
+    # Requests migrating in (planned here, not finished): no report counts them before their commit.
+    incoming: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class GlobalScheduler:
         self.instances: dict[str, InstanceRecord] = {}
         self._by_address: dict[str, str] = {}
         self._claims: dict[str, int] = {}  # instance ids handed out per base name
-        self.dispatch_state = dispatch_policy.DispatchState()
+        self.dispatch_state = dispatch_policy.DispatchState(self.policy.random_seed)
         self.scaling_state = scaling_policy.ScalingState()
         self.decisions: deque[Decision] = deque(maxlen=log_size)
         self.migration_log: deque[dict] = deque(maxlen=migration_log_size)
@@ -168,7 +170,9 @@ class GlobalScheduler:
         rec.report = load  # a drain this report does not know of yet is kept by _refresh
         if rec.pending:
             if load.num_requests and not (load.running or load.waiting):
-                rec.pending.clear()  # a summary report: nothing to match against
+                # A summary report counts every request that reached the instance, but none still migrating in.
+                for rid in [rid for rid in rec.pending if rid not in rec.incoming]:
+                    del rec.pending[rid]
             else:
                 seen = {r.request_id for r in load.running} | {r.request_id for r in load.waiting}
                 for rid in [rid for rid in rec.pending if rid in seen]:
@@ -305,12 +309,19 @@ class GlobalScheduler:
                 # Count it on the destination at once, as a dispatch does, so that requests dispatched
                 # before the destination's next load report do not take the room it is moving into.
                 self._count_sent(dst, req)
+                dst.incoming.add(chosen)
             elif src.load.num_requests == 0:
                 continue
             idle.discard(pair.src)
             idle.discard(pair.dst)
             planned.append(PlannedMigration(src, dst, chosen, _describe(pair.reason)))
         return planned
+
+    def migration_request_chosen(self, plan: PlannedMigration, request: RequestLoad) -> None:
+        """The source picked ``request`` for a plan that named none (its load reports list no requests): it
+        counts on the destination from now on, exactly as a request chosen while planning does."""
+        self._count_sent(plan.dst, request)
+        plan.dst.incoming.add(request.request_id)
 
     def migration_started(self, plan: PlannedMigration) -> None:
         plan.src.migrating = True
@@ -322,6 +333,8 @@ class GlobalScheduler:
         for iid in (src_id, dst_id):
             if iid in self.instances:
                 self.instances[iid].migrating = False
+        if dst_id in self.instances:
+            self.instances[dst_id].incoming.discard(request_id)
         if not ok:
             self._forget_pending(dst_id, request_id)  # it stays on the source
         entry = {
@@ -399,7 +412,7 @@ class GlobalScheduler:
     def set_policy(self, updates: dict[str, Any]) -> PolicyConfig:
         new = updated_policy(self.policy, updates)
         if new.dispatch != self.policy.dispatch:
-            self.dispatch_state = dispatch_policy.DispatchState()
+            self.dispatch_state = dispatch_policy.DispatchState(new.random_seed)
         self.policy = new
         for rec in self.instances.values():
             self._set_load(rec, rec.load)

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from llumnix_dask.config import PolicyConfig, SimConfig
+from llumnix_dask.config import PolicyConfig, SimConfig, paper_policy
 from llumnix_dask.sim.metrics import SimResult
 
 
@@ -32,21 +32,43 @@ def build_sim_config(
     scale_band: str | None = None,
     min_instances: int = 1,
     max_instances: int = 16,
-    request_selection: str = "SR",
+    request_selection: str | None = None,
     priorities: bool = True,
     seed: int = 0,
+    preset: str = "paper",
+    trace: str | None = None,
+    profile: str = "a10-llama-7b",
+    blocks: int | None = None,
+    max_batched_tokens: int | None = None,
+    max_batch_size: int | None = None,
+    watermark: float | None = None,
 ) -> SimConfig:
-    """A SimConfig from CLI-style values; raises ValueError naming the bad one."""
+    """A SimConfig from CLI-style values; raises ValueError naming the bad one.
+
+    ``preset``: "paper" (the paper's policy parameters for ``trace``, :func:`~llumnix_dask.config.paper_policy`)
+    or "default" (``PolicyConfig()``); ``profile``: an engine profile of
+    :data:`~llumnix_dask.config.ENGINE_PROFILES`; ``blocks`` ... ``watermark`` override the profile.
+    """
     band = parse_band(scale_band)
-    pol = PolicyConfig(dispatch=policy, request_selection=request_selection, priorities_enabled=priorities,
-                       random_seed=seed)
+    knobs = {"dispatch": policy, "priorities_enabled": priorities, "random_seed": seed}
+    if request_selection is not None:
+        knobs["request_selection"] = request_selection
+    if preset == "paper":
+        pol = paper_policy(trace, **knobs)
+    elif preset == "default":
+        pol = PolicyConfig(**knobs)
+    else:
+        raise ValueError(f"preset: unknown preset {preset!r}; choose one of default, paper")
     if band is not None:
         if not min_instances <= instances <= max_instances:
             raise ValueError(f"instances: the starting count {instances} must lie in [min_instances={min_instances}, "
                              f"max_instances={max_instances}]")
         pol = replace(pol, scaling_enabled=True, scale_up_freeness=band[0], scale_down_freeness=band[1],
                       min_instances=min_instances, max_instances=max_instances)
-    return SimConfig(num_instances=instances, policy=pol, seed=seed)
+    overrides = {k: v for k, v in (("blocks_per_instance", blocks), ("max_batched_tokens", max_batched_tokens),
+                                   ("max_batch_size", max_batch_size), ("admission_watermark", watermark))
+                 if v is not None}
+    return SimConfig.for_profile(profile, num_instances=instances, policy=pol, seed=seed, **overrides)
 
 
 def result_table(results: dict[str, SimResult], title: str = "simulation"):
@@ -77,8 +99,10 @@ def result_table(results: dict[str, SimResult], title: str = "simulation"):
 
 def run_sim_command(
     trace: str, rate: float, arrival: str, cv: float, instances: int, requests: int, policy: str,
-    scale_band: str | None, min_instances: int, max_instances: int, high_priority: float, selection: str,
-    seed: int, out: Path | None, progress: bool,
+    scale_band: str | None, min_instances: int, max_instances: int, high_priority: float, selection: str | None,
+    seed: int, out: Path | None, progress: bool, preset: str = "paper", profile: str = "a10-llama-7b",
+    blocks: int | None = None, max_batched_tokens: int | None = None, max_batch_size: int | None = None,
+    watermark: float | None = None,
 ) -> SimResult:
     """Validate, run one simulation with a progress bar, print the table, write --out files."""
     from rich.console import Console
@@ -90,7 +114,10 @@ def run_sim_command(
         raise ValueError(f"rate: must be > 0 requests/s, got {rate!r}")
     if requests < 1:
         raise ValueError(f"requests: must be >= 1, got {requests}")
-    config = build_sim_config(instances, policy, scale_band, min_instances, max_instances, selection, seed=seed)
+    config = build_sim_config(instances, policy, scale_band, min_instances, max_instances, selection, seed=seed,
+                              preset=preset, trace=trace, profile=profile, blocks=blocks,
+                              max_batched_tokens=max_batched_tokens, max_batch_size=max_batch_size,
+                              watermark=watermark)
     workload = load_trace(trace, requests, rate, arrival, cv, high_priority, seed)
     result = simulate(config, workload, progress=progress)
     console = Console()

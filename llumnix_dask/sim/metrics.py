@@ -12,6 +12,7 @@ draining ones all count).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,71 @@ class SimResult:
         self.requests.to_csv(paths["csv"], index=False)
         plot_latency_cdfs({self.trace.get("name", name): self}, paths["png"])
         return paths
+
+
+def build_result(sim: Any, end: float, wall: float) -> SimResult:
+    """The SimResult of a finished :class:`~llumnix_dask.sim.simulator.Simulator` run (``end``: simulated
+    time of the last token, ``wall``: seconds it took)."""
+    tr = sim.trace
+    out = tr.output_lens.astype(np.float64)
+    arrival = tr.arrival_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        decode = np.where(out > 1, (sim._finish - sim._first) / (out - 1), np.nan)
+    df = pd.DataFrame({
+        "request_id": [f"r{i}" for i in range(len(tr))],
+        "arrival_s": arrival,
+        "input_len": tr.input_lens,
+        "output_len": tr.output_lens,
+        "priority": np.where(tr.high_priority, "high", "normal"),
+        "prefill_s": sim._first - arrival,
+        "decode_s": decode,
+        "e2e_s": sim._finish - arrival,
+        "preemptions": sim._preemptions,
+        "preemption_loss_s": sim._loss,
+        "migrations": sim._migrated,
+        "instance": sim._instance,
+        "finished": np.isfinite(sim._finish),
+    })
+    frag = sim.samples["fragmentation"]
+    return SimResult(
+        config=_plain(asdict(sim.config)),
+        trace=tr.describe(),
+        requests=df,
+        average_instances=sim._instances_area / end if end > 0 else float(sim.config.num_instances),
+        fragmentation=float(np.mean(frag)) if frag else 0.0,
+        migrations=sim.migrations.stats.to_dict(),
+        sim_time_s=end,
+        wall_time_s=wall,
+        scaling_events=sim.scaling_events,
+        memory=_memory_summary(sim.samples),
+    )
+
+
+def _memory_summary(samples: dict) -> dict:
+    u = np.asarray(samples["util"])
+    if not len(u):
+        return {}
+    q = np.percentile(u, [50, 90, 99])
+    series = samples["series"]
+    step = max(1, len(series) // 200)  # keep the JSON small: ~200 points
+    return {
+        "util_mean": float(u.mean()), "util_p50": float(q[0]), "util_p90": float(q[1]), "util_p99": float(q[2]),
+        "share_over_90pct": float((u > 0.9).mean()),
+        "share_with_queue": samples["queued"][0] / len(u),
+        "series": [[round(x, 3) for x in p] for p in series[::step]],
+    }
+
+
+def _plain(d: dict) -> dict:
+    """JSON-friendly copy (inf -> None)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _plain(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
 
 
 def _json_default(value: Any) -> Any:

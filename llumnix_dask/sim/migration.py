@@ -1,25 +1,32 @@
-"""Live migration in the simulator: the paper's multi-stage copy, modelled in time.
+"""Live migration in the simulator: the migration protocol's stages, modelled in time.
 
-Stage k copies the blocks the request wrote since stage k-1 while it keeps decoding on the source
-(``migration_stage_overhead_ms`` + ``migration_ms_per_block`` per block). When the increment is at most
-``last_stage_max_blocks`` or ``max_stages`` stages have run, the source pauses the request, copies the rest
-and both sides commit (the downtime: ``migration_commit_ms`` + the last increment). Before every stage the
-destination reserves blocks or refuses (the first stage must leave ``dst_watermark_blocks`` free); a refusal,
-or the request finishing / being preempted on the source meanwhile, aborts the migration and frees every
-reserved block. A queued request has no KV: it moves to the destination's queue at once.
+The global scheduler plans a pair and the request (from the source's last load report; when a plan names none
+the source picks it with the request-selection policy, as the worker plugin does); the stages follow the
+protocol's own rule,
+:func:`llumnix_dask.migration.protocol.live_stage_end`: a live stage copies the blocks completed since the
+previous one while the request keeps decoding (``migration_stage_overhead_ms`` + ``migration_ms_per_block``
+per block); the last stage pauses the request, copies the rest and commits (the downtime:
+``migration_commit_ms`` + the last blocks). Each stage reserves its blocks on the destination first - the
+first reservation keeps ``dst_watermark_blocks`` free - or the migration ends: refused at stage 1, aborted
+later. It also aborts, freeing every reserved block, when the request finishes or is preempted on the source
+meanwhile. A queued request has no KV: it moves to the destination's queue at once. Every outcome is
+reported to the global scheduler with ``migration_finished``, as the worker plugin reports it.
 
 The engines' migration methods (``reserve_blocks``, ``pause``, ``commit_migrated``, ``release``...) are the
-same ones the real migration protocol calls.
+ones the real migration protocol calls.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from llumnix_dask.config import LatencyModel, MigrationConfig, PolicyConfig
+from llumnix_dask.config import LatencyModel, MigrationConfig
 from llumnix_dask.engine.sim import SimEngine, SimSeq
-from llumnix_dask.policy.migration import MigrationPair, select_request
+from llumnix_dask.migration.protocol import live_stage_end
+from llumnix_dask.policy.migration import select_request
+from llumnix_dask.scheduler.core import GlobalScheduler, PlannedMigration
 
 
 @dataclass
@@ -31,10 +38,9 @@ class LiveMigration:
     request_id: str
     seq: SimSeq
     started: float
-    stage: int = 0
-    copied_blocks: int = 0
+    stage: int = 1
+    sent: int = 0  # blocks already on the destination (a prefix of the request's block table)
     reserved: list[int] = field(default_factory=list)
-    state: object = None  # MigrationState once paused
     preemptions_at_start: int = 0
 
 
@@ -43,8 +49,8 @@ class MigrationStats:
     started: int = 0  # running requests whose first stage began
     committed: int = 0
     queued_moves: int = 0  # queued requests moved (no KV to copy)
-    refused: int = 0  # destination could not reserve blocks
-    aborted: int = 0  # request finished or was preempted on the source mid-way
+    refused: int = 0  # the destination had no room at the first stage
+    aborted: int = 0  # the request finished or was preempted mid-way, or a later stage found no room
     nothing_to_move: int = 0
     downtime_s: list[float] = field(default_factory=list)
     duration_s: list[float] = field(default_factory=list)
@@ -65,20 +71,20 @@ class MigrationStats:
 
 
 class MigrationModel:
-    """Runs migrations between SimEngines; ``schedule(time, callback)`` books a future event and
+    """Runs planned migrations between SimEngines; ``schedule(time, callback)`` books a future event and
     ``kick(engine, now)`` restarts an idle engine whose state changed."""
 
     def __init__(
         self,
         latency: LatencyModel,
         migration: MigrationConfig,
-        policy: PolicyConfig,
+        scheduler: GlobalScheduler,
         schedule: Callable[[float, Callable[[float], None]], None],
         kick: Callable[[SimEngine, float], None],
     ) -> None:
         self.latency = latency
         self.cfg = migration
-        self.policy = policy
+        self.scheduler = scheduler
         self.schedule = schedule
         self.kick = kick
         self.stats = MigrationStats()
@@ -86,86 +92,99 @@ class MigrationModel:
     def _stage_time(self, blocks: int) -> float:
         return (self.latency.migration_stage_overhead_ms + self.latency.migration_ms_per_block * blocks) / 1000.0
 
-    def start(self, pair: MigrationPair, src: SimEngine, dst: SimEngine, now: float) -> None:
-        """Pick a request on ``src`` (request selection policy) and begin moving it to ``dst``."""
-        choice = select_request(src.load(detailed=True), dst.load(), self.policy)
-        if choice is None:
+    def _finish(self, src: SimEngine, dst: SimEngine, rid: str | None, ok: bool, reason: str, now: float) -> None:
+        self.scheduler.migration_finished(src.instance_id, dst.instance_id, rid, ok, reason)
+        self.kick(src, now)
+        self.kick(dst, now)
+
+    def start(self, plan: PlannedMigration, src: SimEngine, dst: SimEngine, now: float) -> None:
+        """Begin ``plan``: the source picks the request (unless the plan names one) and stage 1 starts."""
+        rid = plan.request_id
+        if rid is None:
+            # The source's view of its own requests, the scheduler's (last reported) view of the destination.
+            choice = select_request(src.load(detailed=True), plan.dst.load, self.scheduler.policy,
+                                    self.cfg.dst_watermark_blocks)
+            rid = None if choice is None else choice.request_id
+            if choice is not None:
+                self.scheduler.migration_request_chosen(plan, choice)
+        seq = src._seqs.get(rid) if rid is not None else None
+        if seq is None or rid in src._paused:
             self.stats.nothing_to_move += 1
+            self._finish(src, dst, rid, False, "no request to migrate", now)
             return
-        seq = src._seqs[choice.request_id]
         if not seq.active:  # queued: no KV, it simply changes queue
-            request = src.take_waiting(choice.request_id)
-            dst.add_request(request)
+            dst.add_request(src.take_waiting(rid))
+            seq.request.num_migrations += 1
             self.stats.queued_moves += 1
-            self.kick(dst, now)
-            self.kick(src, now)
+            self._finish(src, dst, rid, True, "queued request moved", now)
             return
-        if seq.generated == 0:  # admitted but its prefill step has not ended: no KV to copy yet
+        if seq.generated == 0:  # admitted, but its prefill step has not ended: no KV to copy yet
             self.stats.nothing_to_move += 1
+            self._finish(src, dst, rid, False, "not started yet", now)
             return
-        blocks = len(seq.block_ids)
-        reserved = dst.reserve_blocks(blocks, self.cfg.dst_watermark_blocks)
-        if reserved is None:
-            self.stats.refused += 1
+        mig = LiveMigration(src, dst, rid, seq, now, preemptions_at_start=seq.request.num_preemptions)
+        self._stage(mig, now)
+
+    def _stage(self, mig: LiveMigration, now: float) -> None:
+        bs = mig.src.block_size
+        num_kv = mig.seq.total - 1
+        first = mig.stage == 1
+        watermark = self.cfg.dst_watermark_blocks if first else 0
+        end = live_stage_end(mig.stage, num_kv, mig.sent, bs, self.cfg)
+        if end is not None:  # live stage: the request keeps decoding while its completed blocks are copied
+            blocks = mig.dst.reserve_blocks(end - mig.sent, watermark)
+            if blocks is None:
+                self._give_up(mig, now, refused=first)
+                return
+            if first:
+                self.stats.started += 1
+            mig.reserved += blocks
+            self.schedule(now + self._stage_time(end - mig.sent), lambda t: self._stage_done(mig, end, t))
             return
-        mig = LiveMigration(src, dst, choice.request_id, seq, now, stage=1, copied_blocks=blocks, reserved=reserved,
-                            preemptions_at_start=seq.request.num_preemptions)
-        src.migrations_in_flight += 1
-        dst.migrations_in_flight += 1
-        self.stats.started += 1
-        self.schedule(now + self._stage_time(blocks), lambda t: self._stage_done(mig, t))
+        # Last stage: pause the request, copy the rest, commit.
+        need = math.ceil(num_kv / bs) - mig.sent
+        blocks = mig.dst.reserve_blocks(need, watermark)
+        if blocks is None:
+            self._give_up(mig, now, refused=first)
+            return
+        if first:
+            self.stats.started += 1
+        mig.reserved += blocks
+        mig.src.now = now
+        state = mig.src.pause(mig.request_id)
+        downtime = (self.latency.migration_commit_ms + self.latency.migration_ms_per_block * need) / 1000.0
+        self.stats.downtime_s.append(downtime)
+        self.schedule(now + downtime, lambda t: self._commit(mig, state, t))
 
-    def _end(self, mig: LiveMigration, now: float) -> None:
-        mig.src.migrations_in_flight -= 1
-        mig.dst.migrations_in_flight -= 1
-        self.kick(mig.src, now)
-        self.kick(mig.dst, now)
-
-    def _abort(self, mig: LiveMigration, now: float) -> None:
+    def _give_up(self, mig: LiveMigration, now: float, refused: bool) -> None:
         mig.dst.free_blocks(mig.reserved)
         mig.reserved = []
-        self._end(mig, now)
+        if refused:
+            self.stats.refused += 1
+        else:
+            self.stats.aborted += 1
+        self._finish(mig.src, mig.dst, mig.request_id, False, "refused" if refused else "aborted:dst-out-of-blocks",
+                     now)
 
-    def _stage_done(self, mig: LiveMigration, now: float) -> None:
+    def _stage_done(self, mig: LiveMigration, end: int, now: float) -> None:
         seq = mig.seq
         if (not seq.active or seq.owner is not mig.src or mig.src._seqs.get(mig.request_id) is not seq
                 or seq.request.num_preemptions != mig.preemptions_at_start):
-            self.stats.aborted += 1  # finished, preempted or aborted while its blocks were copied
-            self._abort(mig, now)
+            # Finished, preempted or aborted while its blocks were copied: free the destination's blocks.
+            mig.dst.free_blocks(mig.reserved)
+            mig.reserved = []
+            self.stats.aborted += 1
+            self._finish(mig.src, mig.dst, mig.request_id, False, "aborted:left the batch", now)
             return
-        increment = len(seq.block_ids) - mig.copied_blocks
-        last = increment <= self.cfg.last_stage_max_blocks or mig.stage >= self.cfg.max_stages
-        if last:
-            mig.src.now = now
-            mig.state = mig.src.pause(mig.request_id)
-            increment = len(seq.block_ids) - mig.copied_blocks
-        more = mig.dst.reserve_blocks(max(0, increment), 0 if last else self.cfg.dst_watermark_blocks)
-        if more is None:
-            self.stats.refused += 1
-            if last:
-                mig.src.resume(mig.request_id)
-                self.kick(mig.src, now)
-            self._abort(mig, now)
-            return
-        mig.reserved += more
-        mig.copied_blocks += max(0, increment)
+        mig.sent = end
         mig.stage += 1
-        if last:
-            downtime = (self.latency.migration_commit_ms + self.latency.migration_ms_per_block * increment) / 1000.0
-            self.stats.downtime_s.append(downtime)
-            self.schedule(now + downtime, lambda t: self._commit(mig, t))
-        else:
-            self.schedule(now + self._stage_time(increment), lambda t: self._stage_done(mig, t))
+        self._stage(mig, now)
 
-    def _commit(self, mig: LiveMigration, now: float) -> None:
-        blocks = mig.reserved[: len(mig.seq.block_ids)]
-        extra = mig.reserved[len(blocks):]
-        if extra:  # blocks reserved for a stage the paused request no longer needs
-            mig.dst.free_blocks(extra)
+    def _commit(self, mig: LiveMigration, state, now: float) -> None:
         mig.src.release(mig.request_id)
         mig.dst.now = now
-        mig.dst.commit_migrated(mig.state, blocks)  # type: ignore[arg-type]
+        mig.dst.commit_migrated(state, mig.reserved)
         mig.reserved = []
         self.stats.committed += 1
         self.stats.duration_s.append(now - mig.started)
-        self._end(mig, now)
+        self._finish(mig.src, mig.dst, mig.request_id, True, "committed", now)

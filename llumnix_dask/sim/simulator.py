@@ -1,4 +1,4 @@
-"""The discrete-event simulator: N SimEngines driven by the same policy functions as the real cluster.
+"""The discrete-event simulator: N SimEngines under the real global scheduler, in simulated time.
 
     >>> from llumnix_dask.config import SimConfig
     >>> from llumnix_dask.workloads import generate_trace
@@ -6,12 +6,18 @@
     >>> len(result.requests), bool(result.requests["finished"].all())
     (50, True)
 
-Events: request arrivals (dispatched at once with ``policy.dispatch``), engine step ends (each engine
-plans its next step when the previous one ends: prefill or decode, latency from the latency model),
-migration ticks (``policy.pair_instances`` every ``migration_interval_s``, then the multi-stage migration
-of :mod:`llumnix_dask.sim.migration`), scaling ticks (``policy.scaling_decision``; a new instance serves
-after ``instance_startup_s``; an instance chosen to go is marked terminating, receives nothing, is drained
-by migration when the policy migrates, and is removed once empty), and samples of the cluster state.
+One code path with the served cluster: dispatch, migration planning (pairs and the request to move),
+scaling decisions and draining are made by :class:`~llumnix_dask.scheduler.core.GlobalScheduler` - the object
+the Dask scheduler plugin wraps - with the simulated clock, and it is fed the way the plugin is: every engine
+reports its load, with its request lists, after each step (and when it goes idle), so dispatch and migration
+see each instance as of its last report plus the requests sent to it since. This module keeps only what
+the Dask side does: the event loop, the engines' steps, the migrations
+(:mod:`llumnix_dask.sim.migration`) and the cluster manager (start an instance ``instance_startup_s`` after
+the scheduler raises its target, retire an instance once the scheduler reports it drained), plus metrics.
+
+Events: request arrivals, engine step ends (each engine plans its next step when the previous one ends),
+migration ticks (every ``migration_interval_s``), scaling ticks (every ``scaling_interval_s``), polls of the
+cluster manager, instance starts, and samples of the cluster state.
 """
 
 from __future__ import annotations
@@ -20,24 +26,23 @@ import heapq
 import itertools
 import math
 import time
-from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from llumnix_dask.config import SimConfig
 from llumnix_dask.engine.sim import SimEngine, SimSeq
-from llumnix_dask.policy.dispatch import DispatchState, dispatch
-from llumnix_dask.policy.load import InstanceLoad, RequestLoad
-from llumnix_dask.policy.migration import NON_MIGRATING_POLICIES, pair_instances
-from llumnix_dask.policy.scaling import ScalingState, scaling_decision
+from llumnix_dask.policy.migration import NON_MIGRATING_POLICIES
 from llumnix_dask.request import Priority, Request, SamplingParams
-from llumnix_dask.sim.metrics import SimResult
+from llumnix_dask.scheduler.core import GlobalScheduler
+from llumnix_dask.scheduler.stats import FinishedRequest
+from llumnix_dask.sim.metrics import SimResult, _plain, build_result
 from llumnix_dask.sim.migration import MigrationModel
 from llumnix_dask.workloads import Trace
 
 _STEP, _ARRIVAL, _CALL = 0, 1, 2
+# How often the simulated cluster manager carries out the scheduler's scaling plan (as Cluster.adapt's loop).
+MANAGER_POLL_S = 0.5
 
 
 class Simulator:
@@ -53,14 +58,13 @@ class Simulator:
         self.now = 0.0
         self._events: list = []
         self._counter = itertools.count()
+        self.scheduler = GlobalScheduler(config.policy, clock=self._clock)
         self.engines: dict[str, SimEngine] = {}
-        self.starting: dict[str, float] = {}
+        self.starting: dict[str, float] = {}  # instance id -> when it will serve
         self._stepping: set[str] = set()
         self._next_instance = itertools.count()
-        self.dispatch_state = DispatchState(self.policy.random_seed)
-        self.scaling_state = ScalingState()
-        self.migrations = MigrationModel(config.latency, config.migration, self.policy, self._schedule_call, self._kick)
-        self.migrates = self.policy.migration_enabled and self.policy.dispatch not in NON_MIGRATING_POLICIES
+        self.migrations = MigrationModel(config.latency, config.migration, self.scheduler, self._schedule_call,
+                                         self._kick)
         n = len(trace)
         self._first = np.full(n, np.nan)
         self._finish = np.full(n, np.nan)
@@ -71,18 +75,20 @@ class Simulator:
         self._finished = 0
         self._instances_area = 0.0
         self._last_count_change = 0.0
-        self._frag_samples: list[float] = []
-        self._util_samples: list[float] = []  # per (instance, sample): used blocks / total
-        self._queued_samples = 0  # (instance, sample) pairs with a queued request
-        self._series: list[tuple[float, float, float, float]] = []  # (time, mean, min, max) utilisation
+        self.samples: dict[str, list] = {"fragmentation": [], "util": [], "series": [], "queued": [0]}
         self.scaling_events: list[dict] = []
         self._bar = None
-        max_len = (config.blocks_per_instance - int(config.admission_watermark * config.blocks_per_instance)) \
-            * config.block_size
+        max_len = (config.blocks_per_instance - self._watermark_blocks()) * config.block_size
         too_long = np.flatnonzero(trace.input_lens + trace.output_lens > max_len)
         if len(too_long):
             raise ValueError(f"trace: request {int(too_long[0])} needs more than an instance's {max_len} tokens "
                              f"of KV cache (blocks_per_instance less the admission watermark, x block_size)")
+
+    def _clock(self) -> float:
+        return self.now
+
+    def _watermark_blocks(self) -> int:
+        return int(self.config.admission_watermark * self.config.blocks_per_instance)
 
     # -- event plumbing ----------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
@@ -91,8 +97,12 @@ class Simulator:
     def _schedule_call(self, t: float, fn: Callable[[float], None]) -> None:
         self._push(t, _CALL, fn)
 
+    def _more(self) -> bool:
+        return self._finished < len(self.trace)
+
     def _kick(self, engine: SimEngine, now: float) -> None:
-        """Start the engine's next step if it is idle and has work."""
+        """Start the engine's next step if it is idle and has work; an engine that stays idle reports its load
+        (the llumlet reports when its instance goes idle)."""
         iid = engine.instance_id
         if iid in self._stepping or self.engines.get(iid) is not engine:
             return
@@ -102,28 +112,25 @@ class Simulator:
                 self._stepping.add(iid)
                 self._push(now + duration, _STEP, engine)
                 return
-        self._maybe_remove(engine, now)
+        self.scheduler.update_load(engine.load())
 
     def _count_change(self, now: float) -> None:
         self._instances_area += (len(self.engines) + len(self.starting)) * (now - self._last_count_change)
         self._last_count_change = now
 
-    def _new_engine(self) -> SimEngine:
+    def _add_instance(self, iid: str, now: float) -> None:
         cfg = self.config
-        return SimEngine(
-            f"i{next(self._next_instance)}", cfg.blocks_per_instance, cfg.block_size, cfg.max_batch_size,
-            cfg.max_batched_tokens, cfg.latency, realtime=False, record_tokens=False,
-            watermark_blocks=int(cfg.admission_watermark * cfg.blocks_per_instance),
-            priority_scheduling=self.policy.priorities_enabled,
+        engine = SimEngine(
+            iid, cfg.blocks_per_instance, cfg.block_size, cfg.max_batch_size, cfg.max_batched_tokens, cfg.latency,
+            realtime=False, record_tokens=False, watermark_blocks=self._watermark_blocks(),
+            priority_scheduling=self.policy.priorities_enabled, detailed_load=True,
         )
-
-    def _maybe_remove(self, engine: SimEngine, now: float) -> None:
-        if (engine.terminating and not engine.has_work() and not engine._paused
-                and engine.migrations_in_flight == 0 and engine.instance_id not in self._stepping):
-            self._count_change(now)
-            del self.engines[engine.instance_id]
-            self.dispatch_state.forget(engine.instance_id)
-            self.scaling_events.append({"time": now, "action": "removed", "instance": engine.instance_id})
+        engine.now = now
+        self._count_change(now)
+        self.engines[iid] = engine
+        self.scheduler.register(iid, f"sim://{iid}", engine.load(), name=iid,
+                                info={"backend": "sim", "block_size": cfg.block_size, "num_blocks": engine.num_blocks,
+                                      "migration_watermark_blocks": cfg.migration.dst_watermark_blocks})
 
     # -- handlers ----------------------------------------------------------------------------------
     def _on_arrival(self, i: int, now: float) -> None:
@@ -137,12 +144,9 @@ class Simulator:
             arrival_time=now,
         )
         request.metadata["index"] = i
-        loads = [e.load() for e in self.engines.values() if not e.terminating]
-        demand = -(-request.num_tokens // self.config.block_size)
-        decision = dispatch(loads, RequestLoad(request.request_id, demand, request.priority, request.num_tokens, now),
-                            self.policy, self.dispatch_state)
-        self.dispatch_state.record(decision.instance_id)
-        engine = self.engines[decision.instance_id]
+        gs = self.scheduler
+        rec = gs.dispatch(gs.request_load(request.request_id, request.num_tokens, int(request.priority), now))
+        engine = self.engines[rec.instance_id]
         engine.add_request(request)
         self._kick(engine, now)
 
@@ -151,6 +155,7 @@ class Simulator:
         finished, _ = engine.finish_step(now)
         for seq in finished:
             self._record(seq, engine.instance_id)
+        self.scheduler.update_load(engine.load())  # the llumlet's per-step load report
         self._kick(engine, now)
 
     def _record(self, seq: SimSeq, instance_id: str) -> None:
@@ -165,67 +170,82 @@ class Simulator:
         self._migrated[i] = r.num_migrations
         self._instance[i] = instance_id
         self._finished += 1
+        # The frontend tells the scheduler about every finished request.
+        out = seq.generated
+        self.scheduler.request_finished(FinishedRequest(
+            r.request_id, int(r.priority), r.finish_time, r.first_token_time - r.arrival_time,
+            (r.finish_time - r.first_token_time) / (out - 1) if out > 1 else None, r.finish_time - r.arrival_time,
+            out, r.num_migrations, "length"))
         if self._bar is not None and self._finished % 100 == 0:
             self._bar.update(100)
 
     def _on_migration_tick(self, now: float) -> None:
-        engines = self.engines
-        loads = [e.load() for e in engines.values()]
-        for pair in pair_instances(loads, self.policy):
-            self.migrations.start(pair, engines[pair.src], engines[pair.dst], now)
-        if self._finished < len(self.trace):
+        gs = self.scheduler
+        for plan in gs.plan_migrations():
+            src, dst = self.engines.get(plan.src.instance_id), self.engines.get(plan.dst.instance_id)
+            gs.migration_started(plan)
+            self.migrations.start(plan, src, dst, now)
+        self._retire_drained(now)
+        if self._more():
             self._schedule_call(now + self.policy.migration_interval_s, self._on_migration_tick)
 
     def _on_scaling_tick(self, now: float) -> None:
-        loads = [e.load() for e in self.engines.values()]
-        loads += [InstanceLoad(iid, self.config.blocks_per_instance, 0) for iid in self.starting]
-        decision = scaling_decision(loads, self.policy, now, self.scaling_state)
-        if decision.action == "up":
-            self._count_change(now)
-            iid = f"i{next(self._next_instance)}"
-            self.starting[iid] = now + self.config.instance_startup_s
-            self._schedule_call(self.starting[iid], lambda t, iid=iid: self._on_ready(iid, t))
-            self.scaling_events.append({"time": now, "action": "up", "instance": iid, **_plain(decision.reason)})
-        elif decision.action == "down":
-            iid = decision.instance_id
-            self.scaling_events.append({"time": now, "action": "down", "instance": iid, **_plain(decision.reason)})
-            if iid in self.starting:  # not serving yet: cancel its start
-                self._count_change(now)
-                del self.starting[iid]
-            else:
-                engine = self.engines[iid]
-                engine.terminating = True
-                self._maybe_remove(engine, now)
-        if self._finished < len(self.trace):
+        decision = self.scheduler.scaling_tick()
+        if decision is not None and decision.action in ("up", "down"):
+            self.scaling_events.append({"time": now, "action": decision.action, "instance": decision.instance_id,
+                                        **_plain(decision.reason)})
+        if self._more():
             self._schedule_call(now + self.policy.scaling_interval_s, self._on_scaling_tick)
 
+    def _on_manager_poll(self, now: float) -> None:
+        """The cluster manager: retire drained instances, start new ones up to the scheduler's target."""
+        self._retire_drained(now)
+        gs = self.scheduler
+        active = sum(1 for r in gs.instances.values() if not r.terminating)
+        target = gs.target_instances
+        if target is not None and target > active and not self.starting:
+            for _ in range(target - active):
+                iid = f"i{next(self._next_instance)}"
+                self._count_change(now)
+                self.starting[iid] = now + self.config.instance_startup_s
+                self._schedule_call(self.starting[iid], lambda t, iid=iid: self._on_ready(iid, t))
+                self.scaling_events.append({"time": now, "action": "start", "instance": iid})
+        if self._more():
+            self._schedule_call(now + MANAGER_POLL_S, self._on_manager_poll)
+
     def _on_ready(self, iid: str, now: float) -> None:
-        if iid not in self.starting:
-            return
         self._count_change(now)
         del self.starting[iid]
-        engine = self._new_engine()
-        engine.instance_id = iid
-        engine.now = now
-        self.engines[iid] = engine
+        self._add_instance(iid, now)
+
+    def _retire_drained(self, now: float) -> None:
+        for rec in self.scheduler.drained():
+            engine = self.engines.get(rec.instance_id)
+            if engine is None or engine.has_work() or engine._paused or rec.instance_id in self._stepping:
+                continue  # its last report is older than a request that reached it since
+            self._count_change(now)
+            del self.engines[rec.instance_id]
+            self.scheduler.unregister(rec.instance_id, "drained and retired")
+            self.scaling_events.append({"time": now, "action": "removed", "instance": rec.instance_id})
 
     def _on_sample(self, now: float) -> None:
         fragmented = 0
         total = 0
         utils = []
+        s = self.samples
         for e in self.engines.values():
             total += e.num_blocks
             utils.append(1.0 - len(e._free) / e.num_blocks)
             w = e._waiting
             if w:
-                self._queued_samples += 1
+                s["queued"][0] += 1
                 if -(-w[0].total // e.block_size) > len(e._free):
                     fragmented += len(e._free)
         if total:
-            self._frag_samples.append(fragmented / total)
-            self._util_samples += utils
-            self._series.append((now, sum(utils) / len(utils), min(utils), max(utils)))
-        if self._finished < len(self.trace):
+            s["fragmentation"].append(fragmented / total)
+            s["util"] += utils
+            s["series"].append((now, sum(utils) / len(utils), min(utils), max(utils)))
+        if self._more():
             self._schedule_call(now + self.config.sample_interval_s, self._on_sample)
 
     # -- run ---------------------------------------------------------------------------------------
@@ -233,14 +253,16 @@ class Simulator:
         """Simulate until every request has finished; returns the measurements."""
         wall = time.perf_counter()
         for _ in range(self.config.num_instances):
-            e = self._new_engine()
-            self.engines[e.instance_id] = e
+            self._add_instance(f"i{next(self._next_instance)}", 0.0)
         for i, t in enumerate(self.trace.arrival_s):
             self._push(float(t), _ARRIVAL, i)
-        if self.migrates:
-            self._schedule_call(self.policy.migration_interval_s, self._on_migration_tick)
-        if self.policy.scaling_enabled:
-            self._schedule_call(self.policy.scaling_interval_s, self._on_scaling_tick)
+        pol = self.policy
+        drains = pol.scaling_enabled
+        if (pol.migration_enabled and pol.dispatch not in NON_MIGRATING_POLICIES) or drains:
+            self._schedule_call(pol.migration_interval_s, self._on_migration_tick)
+        if pol.scaling_enabled:
+            self._schedule_call(pol.scaling_interval_s, self._on_scaling_tick)
+            self._schedule_call(MANAGER_POLL_S, self._on_manager_poll)
         self._schedule_call(0.0, self._on_sample)
         if self.progress:
             from tqdm.auto import tqdm
@@ -266,67 +288,7 @@ class Simulator:
             raise RuntimeError(f"simulation ended with {len(self.trace) - self._finished} unfinished requests")
         end = float(np.nanmax(self._finish))
         self._count_change(end)
-        return self._result(end, time.perf_counter() - wall)
-
-    def _result(self, end: float, wall: float) -> SimResult:
-        tr = self.trace
-        out = tr.output_lens.astype(np.float64)
-        arrival = tr.arrival_s
-        with np.errstate(invalid="ignore", divide="ignore"):
-            decode = np.where(out > 1, (self._finish - self._first) / (out - 1), np.nan)
-        df = pd.DataFrame({
-            "request_id": [f"r{i}" for i in range(len(tr))],
-            "arrival_s": arrival,
-            "input_len": tr.input_lens,
-            "output_len": tr.output_lens,
-            "priority": np.where(tr.high_priority, "high", "normal"),
-            "prefill_s": self._first - arrival,
-            "decode_s": decode,
-            "e2e_s": self._finish - arrival,
-            "preemptions": self._preemptions,
-            "preemption_loss_s": self._loss,
-            "migrations": self._migrated,
-            "instance": self._instance,
-            "finished": np.isfinite(self._finish),
-        })
-        frag = float(np.mean(self._frag_samples)) if self._frag_samples else 0.0
-        return SimResult(
-            config=_plain(asdict(self.config)),
-            trace=tr.describe(),
-            requests=df,
-            average_instances=self._instances_area / end if end > 0 else float(self.config.num_instances),
-            fragmentation=frag,
-            migrations=self.migrations.stats.to_dict(),
-            sim_time_s=end,
-            wall_time_s=wall,
-            scaling_events=self.scaling_events,
-            memory=self._memory_summary(),
-        )
-
-    def _memory_summary(self) -> dict:
-        u = np.asarray(self._util_samples)
-        if not len(u):
-            return {}
-        q = np.percentile(u, [50, 90, 99])
-        step = max(1, len(self._series) // 200)  # keep the JSON small: ~200 points
-        return {
-            "util_mean": float(u.mean()), "util_p50": float(q[0]), "util_p90": float(q[1]), "util_p99": float(q[2]),
-            "share_over_90pct": float((u > 0.9).mean()),
-            "share_with_queue": self._queued_samples / len(u),
-            "series": [[round(x, 3) for x in p] for p in self._series[::step]],
-        }
-
-
-def _plain(d: dict) -> dict:
-    """JSON-friendly copy (inf -> None)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _plain(v)
-        elif isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[k] = v
-    return out
+        return build_result(self, end, time.perf_counter() - wall)
 
 
 def simulate(config: SimConfig, trace: Trace, progress: bool = False) -> SimResult:

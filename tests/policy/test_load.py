@@ -38,3 +38,13 @@ def test_with_dispatched_lowers_freeness():
     load = InstanceLoad("i0", 100, 0)
     after = with_dispatched(load, RequestLoad("x", 20))
     assert freeness(after, PolicyConfig()) == 80 and freeness(load, PolicyConfig()) == 100
+
+
+def test_the_papers_headroom_makes_an_instance_with_high_priority_requests_look_its_target_size():
+    cfg = PolicyConfig(priority_instance_blocks=100)
+    normal = InstanceLoad.from_requests("a", 785, 60, running=(RequestLoad("n", 60),))
+    with_high = InstanceLoad.from_requests("b", 785, 60, running=(RequestLoad("h", 30, priority=Priority.HIGH),
+                                                                  RequestLoad("n", 30)))
+    assert freeness(normal, cfg) == 725.0
+    assert freeness(with_high, cfg) == (100 - 60) / 2  # once per instance, however many high-priority requests
+    assert freeness(with_high, PolicyConfig(priority_instance_blocks=100, priorities_enabled=False)) == (785 - 60) / 2

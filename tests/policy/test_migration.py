@@ -112,3 +112,13 @@ def test_a_running_request_is_planned_only_where_the_destination_would_accept_it
     assert select_request(src, dst, CFG).request_id == "big"
     assert select_request(src, dst, CFG, dst_reserve_blocks=16) is None
     assert select_request(src, InstanceLoad("d", 200, 99), CFG, dst_reserve_blocks=16).request_id == "big"
+
+
+def test_high_priority_requests_stay_put_when_the_policy_says_so():
+    from llumnix_dask.request import Priority
+
+    src = InstanceLoad.from_requests("a", 100, 60, running=(RequestLoad("h", 60, priority=Priority.HIGH,
+                                                                          num_tokens=900),))
+    dst = InstanceLoad("b", 100, 0)
+    assert select_request(src, dst, PolicyConfig()).request_id == "h"  # nothing else to move: it may go
+    assert select_request(src, dst, PolicyConfig(migrate_high_priority=False)) is None

@@ -185,13 +185,13 @@ def test_priority_scheduling_puts_high_priority_ahead_in_the_queue():
 
 
 def test_preemption_takes_a_normal_request_before_a_high_priority_one():
-    # 4 blocks of 16: both requests start with 2 blocks (17 tokens) and both need a 3rd on the next step.
+    # 5 blocks of 16: both requests start with 2 blocks (17 tokens), one is free; both need a 3rd at once.
     for prio, victim in ((True, "n"), (False, "h")):
-        eng = SimEngine("i0", num_blocks=4, block_size=16, priority_scheduling=prio)
+        eng = SimEngine("i0", num_blocks=5, block_size=16, priority_scheduling=prio)
         eng.add_request(req("n", 17, 40, t=0.0))
         eng.step()  # prefill n
         eng.add_request(req("h", 17, 40, t=1.0, priority=Priority.HIGH))
-        eng.step()  # prefill h: it is the most recently admitted one
+        eng.step()  # prefill h: it is the latest arrival
         for _ in range(16):  # decode until both need a 3rd block
             eng.step()
         assert eng.num_preemptions == 1
@@ -215,7 +215,32 @@ def test_decode_step_is_a_roofline_of_weights_and_kv_reads():
     eng.step()
     eng.step()
     # batch of one 256-token request: weights + 256 tokens of KV at the achieved bandwidth
-    assert eng.last_step_time_s == pytest.approx((lat.decode_base_ms + 256 * lat.decode_ms_per_kv_token) / 1000)
-    assert 0.030 < eng.last_step_time_s < 0.036
-    # a full cache of 15,360 tokens is the top of the 43-53 ms anchor
-    assert 52 < lat.decode_base_ms + 15_360 * lat.decode_ms_per_kv_token < 54
+    assert eng.last_step_time_s == pytest.approx(lat.decode_step_ms(1, 256) / 1000)
+    assert 0.032 < eng.last_step_time_s < 0.037
+    # ~8.2k KV tokens: 43 ms for one sequence, 53 ms for 32 of them (the paper's Fig. 10 operating points)
+    assert 42.5 < lat.decode_step_ms(1, 8192) < 43.5 and 52.5 < lat.decode_step_ms(32, 8192) < 53.5
+
+
+def test_preemption_takes_the_latest_arrival_not_the_latest_admitted():
+    # "late" arrived last but was admitted first (it was alone); "early" arrived before it and was admitted
+    # after. When the blocks run out the victim is the latest *arrival* (vLLM 0.2 sorts the batch by arrival).
+    eng = SimEngine("i0", num_blocks=5, block_size=16)
+    eng.add_request(req("late", 17, 40, t=5.0))
+    eng.step()
+    eng.add_request(req("early", 17, 40, t=1.0))
+    eng.step()
+    while eng.num_preemptions == 0:
+        eng.step()
+    assert eng.get_request("late").num_preemptions == 1 and eng.get_request("early").num_preemptions == 0
+
+
+def test_a_decode_step_needs_a_free_block_even_when_no_request_needs_a_new_one():
+    # vLLM 0.2's can_append_slot: with no block free at all the latest arrival is preempted, although the
+    # running requests still have room in their last blocks.
+    eng = SimEngine("i0", num_blocks=4, block_size=16)
+    eng.add_request(req("a", 20, 40, t=0.0))
+    eng.add_request(req("b", 20, 40, t=1.0))
+    eng.step()  # prefill both: 2 blocks each, none free, both have room for 11 more tokens
+    assert eng.num_free_blocks == 0
+    eng.step()
+    assert eng.get_request("b").num_preemptions == 1 and eng.get_request("a").num_preemptions == 0

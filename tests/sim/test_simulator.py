@@ -83,11 +83,12 @@ def test_scaling_drains_instances_without_losing_requests():
         assert len(sim.engines) < 6
 
 
-def test_migration_with_tiny_destination_watermark_refuses_and_loses_nothing():
+def test_a_destination_watermark_no_migration_can_meet_is_never_tried_and_nothing_is_lost():
     cfg = SimConfig(num_instances=3, blocks_per_instance=120, migration=MigrationConfig(dst_watermark_blocks=120),
                     policy=PolicyConfig())
     res = simulate(cfg, small_trace(n=200, rate=40.0))
-    assert res.migrations["started"] == 0 and res.migrations["refused"] > 0 and res.requests["finished"].all()
+    # Plans follow the destination's rule, so no running request is sent where it would be refused.
+    assert res.migrations["started"] == 0 and res.migrations["refused"] == 0 and res.requests["finished"].all()
 
 
 def test_priority_split_and_result_serialisation(tmp_path):
@@ -119,7 +120,9 @@ def test_memory_utilisation_is_sampled_and_grows_with_load():
         m = res.memory
         assert 0.0 <= m["util_mean"] <= m["util_p99"] <= 1.0 and 0.0 <= m["share_with_queue"] <= 1.0
         assert all(0.0 <= lo <= mean <= hi <= 1.0 for _, mean, lo, hi in m["series"])
-    assert heavy.memory["util_mean"] > light.memory["util_mean"]
+    # (the mean over the run is not a fair comparison: the heavy run ends in a long tail of a few requests)
+    assert heavy.memory["util_p90"] > light.memory["util_p90"]
+    assert heavy.memory["share_over_90pct"] > light.memory["share_over_90pct"]
     assert heavy.memory["share_with_queue"] > light.memory["share_with_queue"]
     assert "memory" in heavy.to_dict()
 
@@ -129,3 +132,44 @@ def test_high_priority_requests_are_served_ahead_in_the_local_queue():
     on = simulate(small_config(dispatch="llumnix"), trace).by_priority()
     off = simulate(small_config(dispatch="llumnix", priorities_enabled=False), trace).by_priority()
     assert on["high"]["prefill"]["mean"] < off["high"]["prefill"]["mean"]
+
+
+def test_the_real_global_scheduler_makes_every_decision_from_per_step_reports():
+    sim = Simulator(small_config(dispatch="llumnix"), small_trace(n=300, rate=45.0, seed=3))
+    res = sim.run()
+    gs = sim.scheduler
+    assert gs.num_dispatched == 300 and len(gs.explain(10_000, kind="dispatch")) == 300
+    moved = res.migrations["committed"] + res.migrations["queued_moves"]
+    assert moved > 0 and gs.num_migrations == moved  # every migration ran as the scheduler planned it
+    assert all(e["ok"] for e in gs.migration_log if e["reason"] == "committed")
+    # The scheduler's view is the last report: every engine reported itself idle at the end.
+    for iid, rec in gs.instances.items():
+        assert rec.report.num_requests == 0 and rec.report.used_blocks == 0
+    assert gs.snapshot()["latency"]["all"]["ttft"]["count"] > 0  # the finished requests were reported too
+
+
+def test_infaas_dispatch_is_the_same_decision_rule_as_llumnix_without_migration():
+    trace = small_trace(n=200, rate=40.0, seed=4)
+    infaas = Simulator(small_config(dispatch="infaas"), trace)
+    res = infaas.run()
+    assert res.migrations["started"] == 0 and infaas.scheduler.num_migrations == 0
+    reasons = infaas.scheduler.explain(5, kind="dispatch")
+    assert reasons and all(r["reason"]["policy"] == "infaas" and "freeness" in r["reason"] for r in reasons)
+
+
+def test_real_trace_like_lengths_follow_the_papers_statistics():
+    for name, (in50, in99) in (("ShareGPT", (74, 3388)), ("BurstGPT", (582, 3549))):
+        t = generate_trace(name, 20_000, 7.0, seed=1)
+        assert abs(np.median(t.input_lens) - in50) / in50 < 0.05
+        assert abs(np.percentile(t.input_lens, 99) - in99) / in99 < 0.1
+        assert t.input_lens.max() <= 6144 and t.output_lens.min() >= 1
+
+
+def test_the_paper_setup_runs_h100_profiles_too():
+    from llumnix_dask.config import SimConfig
+
+    trace = generate_trace("M-M", 300, 20.0, seed=2)
+    a10 = simulate(SimConfig.paper("M-M", num_instances=2), trace)
+    h100 = simulate(SimConfig.paper("M-M", num_instances=2, profile="h100-llama-3-8b"), trace)
+    assert h100.overall["decode"]["mean"] < a10.overall["decode"]["mean"] / 3
+    assert h100.overall["prefill"]["p99"] < a10.overall["prefill"]["p99"]
