@@ -340,7 +340,10 @@ def main() -> None:
             # settings) that slows the other engines down, so its rows are measured in a process of their own.
             out = Path(tmp) / "vllm_rows.json"
             subprocess.run([sys.executable, __file__, "--vllm-rows", model_dir, str(out), *sys.argv[1:]], check=True)
-            rows += json.loads(out.read_text())
+            for row in json.loads(out.read_text()):
+                # One roofline for every row: this process's measured bandwidth.
+                row["roofline_decode_tok_s"] = row["batch"] * bandwidth * 1e9 / step_bytes(row["batch"])
+                rows.append(row)
 
     by = {(r["engine"], r["batch"]): r for r in rows}
     print(

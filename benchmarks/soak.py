@@ -232,7 +232,7 @@ def _plot(records: list[Record], killed: dict, path: Path, t0: float) -> None:
     a.plot(grid, [sum(s <= g <= e for s, e in active) for g in grid], label="streams open")
     if killed:
         a.axvline(killed["at"], color="red", linestyle="--", label=f"{killed['instance']} killed")
-    a.set_xlabel("seconds")
+    a.set_xlabel("seconds (client clock)")
     a.set_ylabel("requests")
     a.legend()
     ttft = np.sort([r.times[0] - r.start for r in records if r.times])
