@@ -1,6 +1,6 @@
 """How fast does the global scheduler dispatch, and how much latency does a dispatch add?
 
-A real ``dask scheduler --preload llumnix_dask.scheduler`` process holds 64 registered (simulated)
+A real ``dask scheduler --preload llumnix_dask.preload.scheduler`` process holds 64 registered (simulated)
 instances whose loads are re-reported every 10 ms (6,400 load reports/s, as 64 busy llumlets would send).
 A client process then dispatches through the frontend's :class:`DispatchClient` (``llumnix_dispatch_batch``
 over Dask comms; concurrent dispatches share a round trip, a lone one travels alone):
@@ -42,7 +42,7 @@ REPORT_INTERVAL_S = 0.01
 def start_scheduler(workdir: str) -> tuple[subprocess.Popen, str]:
     sched_file = os.path.join(workdir, "scheduler.json")
     proc = subprocess.Popen(
-        ["dask", "scheduler", "--preload", "llumnix_dask.scheduler", "--host", "127.0.0.1", "--port", "0",
+        ["dask", "scheduler", "--preload", "llumnix_dask.preload.scheduler", "--host", "127.0.0.1", "--port", "0",
          "--no-dashboard", "--scheduler-file", sched_file],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

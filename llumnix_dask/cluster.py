@@ -8,7 +8,7 @@
 
 ``Cluster(n_instances, model, backend)`` starts an embedded Dask ``LocalCluster`` (one worker process per
 instance) with the global scheduler plugin and the instance plugin; ``Cluster(address="tcp://...")``
-attaches to a running Dask scheduler (started with ``--preload llumnix_dask.scheduler``, or the plugins are
+attaches to a running Dask scheduler (started with ``--preload llumnix_dask.preload.scheduler``, or the plugins are
 installed on attach). Every call works from scripts and from Jupyter: the Cluster runs its frontend on the
 Dask client's own event loop thread and blocking calls wait on it.
 Scripts that start a Cluster need the usual ``if __name__ == "__main__":`` guard (worker processes are
@@ -239,11 +239,11 @@ class Cluster(ClusterViews):
             return []
 
     def _workers_preloaded(self) -> bool:
-        """True if any worker was started with ``--preload llumnix_dask.workers`` (its engine may still be
+        """True if any worker was started with ``--preload llumnix_dask.preload.worker`` (its engine may still be
         building): then the plugin must not be installed a second time."""
 
         def has_preload(dask_worker: Any) -> bool:
-            return any("llumnix_dask.workers" in str(getattr(p, "name", "")) for p in dask_worker.preloads)
+            return any("llumnix_dask.preload.worker" in str(getattr(p, "name", "")) for p in dask_worker.preloads)
 
         try:
             return any(self.client.run(has_preload).values())

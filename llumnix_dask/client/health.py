@@ -10,23 +10,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from llumnix_dask.client.errors import InstanceLost
+from llumnix_dask.client.errors import InstanceLost, RequestFailed
 from llumnix_dask.client.records import RequestHandle
 from llumnix_dask.config import FrontendConfig
 from llumnix_dask.request import Request
 
-if TYPE_CHECKING:
-    from llumnix_dask.client.frontend import Frontend
-
 logger = logging.getLogger(__name__)
+
+
+class Watched(Protocol):
+    """What the health check needs of the frontend it watches (the Frontend of ``frontend.py``)."""
+
+    scheduler: Any  # an rpc to the global scheduler
+
+    def active(self) -> list[RequestHandle]: ...
+
+    def is_active(self, handle: RequestHandle) -> bool: ...
+
+    def deliver(self, handle: RequestHandle, msg: dict, now: float | None = None) -> None: ...
+
+    def fail(self, handle: RequestHandle, message: str, kind: type[RequestFailed] = RequestFailed) -> None: ...
+
+    async def send(self, handle: RequestHandle, request: Request) -> None: ...
 
 
 class Health:
     """Watches one frontend's requests in flight (see the module docstring)."""
 
-    def __init__(self, frontend: "Frontend", config: FrontendConfig) -> None:
+    def __init__(self, frontend: Watched, config: FrontendConfig) -> None:
         self.frontend = frontend
         self.config = config
         self._suspects: dict[str, float] = {}  # instance -> since when its token stream closed

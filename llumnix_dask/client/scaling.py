@@ -37,7 +37,7 @@ def _start_workers(cluster: Any, count: int) -> None:
     if local is None:
         raise RuntimeError(
             "this Cluster is attached to an external Dask scheduler and cannot start workers; "
-            "add workers with your Dask cluster manager (dask worker --preload llumnix_dask.workers ...)"
+            "add workers with your Dask cluster manager (dask worker --preload llumnix_dask.preload.worker ...)"
         )
     local.scale(len(local.worker_spec) + count)
 

@@ -11,13 +11,9 @@
 """
 
 from llumnix_dask.migration.destination import MigrationDestination, UnknownMigration
-from llumnix_dask.migration.protocol import (
-    DestinationEndpoint,
-    MigrationResult,
-    StageRecord,
-    migrate_out,
-    new_migration_id,
-)
+from llumnix_dask.migration.endpoint import DestinationEndpoint
+from llumnix_dask.migration.protocol import migrate_out
+from llumnix_dask.migration.records import MigrationResult, StageRecord, new_migration_id
 from llumnix_dask.migration.nccl import NcclEndpoint, NcclPeers
 from llumnix_dask.migration.transport import (
     DaskEndpoint,
@@ -26,11 +22,7 @@ from llumnix_dask.migration.transport import (
     unregister_migration_handlers,
 )
 
-# The name the cluster's worker plugin looks up.
-DaskDestinationEndpoint = DaskEndpoint
-
 __all__ = [
-    "DaskDestinationEndpoint",
     "DaskEndpoint",
     "DestinationEndpoint",
     "InProcessEndpoint",

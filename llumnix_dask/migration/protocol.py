@@ -30,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, TypeVar
 
 from llumnix_dask.config import MigrationConfig
-from llumnix_dask.engine.base import EngineBackend, MigrationState
+from llumnix_dask.engine.base import EngineBackend
+from llumnix_dask.migration.endpoint import DestinationEndpoint
+from llumnix_dask.migration.records import COMMITTED, REFUSED, MigrationResult, StageRecord, new_migration_id
 from llumnix_dask.migration.staging import (
     MigrationAborted,
     Refused,
@@ -49,86 +49,6 @@ from llumnix_dask.request import Request, RequestStatus
 
 T = TypeVar("T")
 
-COMMITTED = "committed"
-REFUSED = "refused"
-
-
-@runtime_checkable
-class DestinationEndpoint(Protocol):
-    """The source's view of one destination instance; every call may raise or hang (dead peer).
-
-    Implementations: ``InProcessEndpoint`` (tests), ``DaskEndpoint`` (worker to worker over Dask comm)
-    and ``NcclEndpoint`` (GPU to GPU), all in ``llumnix_dask.migration.transport`` / ``.nccl``.
-    """
-
-    name: str
-
-    async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
-        """Pre-allocate ``num_blocks`` more blocks for this migration; False = refused."""
-
-    async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
-        """Deliver ``export_blocks`` buffers, of ``counts[i]`` blocks each, into the reserved blocks
-        ``start, start+1, ...`` (in order, one message)."""
-
-    async def commit(
-        self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
-    ) -> bool:
-        """The destination adopts the request; it decodes on there from now on.
-
-        ``counts`` / ``buffers`` carry the last blocks, which the destination reserves and scatters
-        first (one round trip for the whole paused stage). False: no room for them, nothing changed.
-        """
-
-    async def abort(self, migration_id: str, reason: str) -> None:
-        """Free everything reserved for this migration (undo a commit whose ack was lost)."""
-
-    async def enqueue(self, migration_id: str, request: Request) -> bool:
-        """Queue a never-started request on the destination; False = refused."""
-
-
-@dataclass
-class StageRecord:
-    """One handshake + copy round of a migration."""
-
-    index: int  # 1-based
-    blocks: int
-    bytes: int
-    seconds: float
-    paused: bool  # the last stage, copied while the request was out of the batch
-
-
-@dataclass
-class MigrationResult:
-    """What happened to one migration attempt (also logged by the llumlet and the dashboard)."""
-
-    migration_id: str
-    request_id: str
-    src: str
-    dst: str
-    outcome: str  # "committed", "refused" or "aborted:<why>"
-    ok: bool = False  # outcome == "committed" (a plain field, so it survives asdict / msgpack)
-    stages: list[StageRecord] = field(default_factory=list)
-    downtime_s: float = 0.0  # the pause: from taking the request out of the batch to the commit ack
-    total_s: float = 0.0
-    num_kv_tokens: int = 0
-    # Output tokens produced before the handover: the destination's first token has this index.
-    resume_index: int = 0
-    queued: bool = False  # a never-started request moved between queues (no KV)
-
-    @property
-    def committed(self) -> bool:
-        return self.outcome == COMMITTED
-
-    @property
-    def blocks(self) -> int:
-        return sum(s.blocks for s in self.stages)
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.bytes for s in self.stages)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def live_stage_end(
@@ -155,8 +75,6 @@ def live_stage_end(
     return None
 
 
-def new_migration_id() -> str:
-    return f"mig-{uuid.uuid4().hex[:12]}"
 
 
 async def migrate_out(

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, Awaitable, Sequence, TypeVar
+from typing import Any, Awaitable, Sequence, TypeVar
 
 from llumnix_dask.config import MigrationConfig
 from llumnix_dask.engine.base import EngineBackend
 
-if TYPE_CHECKING:
-    from llumnix_dask.migration.protocol import DestinationEndpoint
+from llumnix_dask.migration.endpoint import DestinationEndpoint
 
 T = TypeVar("T")
 # Messages of one stage on the wire at once (each on its own pooled connection): the destination
@@ -99,7 +98,7 @@ _BLOCK_NBYTES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary
 
 async def send_stage(
     engine: EngineBackend,
-    dst: "DestinationEndpoint",
+    dst: DestinationEndpoint,
     mid: str,
     rid: str,
     ids: Sequence[int],

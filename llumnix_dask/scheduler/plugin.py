@@ -331,3 +331,12 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         drained = self.core.drained()
         if drained:
             await self.scheduler.retire_workers(workers=[r.address for r in drained], close_workers=True)
+
+
+def snapshot_of(scheduler: Any, n_migrations: int = 50, n_decisions: int = 20) -> dict | None:
+    """The snapshot of the global scheduler running in this Dask ``scheduler`` (see
+    :func:`llumnix_dask.scheduler.views.snapshot`); None when the plugin is not installed. What in-process
+    readers (the dashboard page) use instead of reaching into the plugin."""
+    plugin = getattr(scheduler, "plugins", {}).get(PLUGIN_NAME)
+    core = getattr(plugin, "core", None)
+    return None if core is None else core.snapshot(n_migrations, n_decisions)

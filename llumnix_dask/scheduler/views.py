@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Any
 
 from llumnix_dask.policy.load import freeness, virtual_usage
 
-if TYPE_CHECKING:
-    from llumnix_dask.scheduler.core import GlobalScheduler
+# ``gs`` below is a GlobalScheduler (scheduler/core.py), which delegates to these functions; they read its
+# registry, logs and counters and never change them.
 
 
-def instance_rows(gs: "GlobalScheduler") -> list[dict]:
+def instance_rows(gs: Any) -> list[dict]:
     """One row per instance: ids, address, running/waiting counts, blocks, kv_usage, virtual_usage, freeness,
     terminating, migrating, dispatched, last report, and the backend / model / device it runs."""
     rows = []
@@ -40,7 +40,7 @@ def instance_rows(gs: "GlobalScheduler") -> list[dict]:
         )
     return rows
 
-def snapshot(gs: "GlobalScheduler", n_migrations: int = 50, n_decisions: int = 20) -> dict:
+def snapshot(gs: Any, n_migrations: int = 50, n_decisions: int = 20) -> dict:
     """Everything a dashboard needs, as a plain dict of plain values.
 
     Keys: ``time``; ``policy`` (the PolicyConfig as a dict); ``instances`` (list of rows, see

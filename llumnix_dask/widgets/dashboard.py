@@ -20,7 +20,6 @@ This module imports Bokeh only when a page is built or registered: importing it 
 from __future__ import annotations
 
 import logging
-import sys
 import weakref
 from typing import Any, Callable
 
@@ -64,40 +63,18 @@ def register_page() -> bool:
     return True
 
 
-def register_page_if_preloading() -> bool:
-    """Register the page when called while a Dask scheduler imports its preload modules.
-
-    ``llumnix_dask.scheduler`` is imported by workers and clients too; only a scheduler needs the page, and
-    importing Bokeh costs a second, so the import stack is checked for Dask's preload machinery
-    (``distributed.preloading._import_module``, used by ``dask scheduler --preload`` and ``Scheduler(preload=)``).
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "_import_module" and frame.f_code.co_filename.endswith("preloading.py"):
-            return register_page()
-        frame = frame.f_back
-    return False
-
-
 # -- the page ------------------------------------------------------------------------------------------
-def _core(scheduler: Any) -> Any:
-    from llumnix_dask.scheduler.plugin import PLUGIN_NAME
-
-    plugin = getattr(scheduler, "plugins", {}).get(PLUGIN_NAME)
-    return getattr(plugin, "core", None)
-
-
 def scheduler_snapshot(scheduler: Any) -> dict | None:
-    """The plugin's snapshot plus the shared latency history; None when the plugin is not installed."""
+    """The global scheduler's snapshot plus the shared latency history; None when the plugin is not installed."""
+    from llumnix_dask.scheduler.plugin import snapshot_of
     from llumnix_dask.widgets.dashboard_data import LatencyHistory
 
-    core = _core(scheduler)
-    if core is None:
+    snapshot = snapshot_of(scheduler, n_migrations=50, n_decisions=6)
+    if snapshot is None:
         return None
-    snapshot = core.snapshot(n_migrations=50, n_decisions=6)
-    history = _histories.get(core)
+    history = _histories.get(scheduler)
     if history is None:
-        history = _histories[core] = LatencyHistory()
+        history = _histories[scheduler] = LatencyHistory()
     history.sample(snapshot)
     snapshot["_latency_history"] = history
     return snapshot
@@ -152,7 +129,7 @@ class LlumnixDashboard:
         if snapshot is None:
             f.header.text = (
                 "<h3 style='margin:4px 0'>Llumnix</h3><p>The Llumnix global scheduler plugin is not installed on "
-                "this scheduler. Start it with <code>--preload llumnix_dask.scheduler</code> or connect a "
+                "this scheduler. Start it with <code>--preload llumnix_dask.preload.scheduler</code> or connect a "
                 "<code>llumnix_dask.Cluster</code>.</p>"
             )
             return

@@ -14,7 +14,7 @@ handlers below and registers the instance with the global scheduler.
 
 plus the live-migration endpoints of :mod:`llumnix_dask.migration` (destination side).
 
-``dask worker --preload llumnix_dask.workers SCHEDULER`` installs it with the engine from Dask config
+``dask worker --preload llumnix_dask.preload.worker SCHEDULER`` installs it with the engine from Dask config
 ``llumnix.engine`` (EngineConfig fields).
 """
 
@@ -289,13 +289,13 @@ class InstanceWorkerPlugin(WorkerPlugin):
             if chosen is None:
                 return {"ok": False, "request_id": None, "reason": "no request to migrate"}
             request_id = chosen.request_id
-        from llumnix_dask import migration
+        from llumnix_dask.migration import DaskEndpoint, migrate_out
 
-        endpoint = migration.DaskEndpoint(dst_address, rpc=self.worker.rpc, name=dst_instance_id)
+        endpoint = DaskEndpoint(dst_address, rpc=self.worker.rpc, name=dst_instance_id)
         self.llumlet.migrations_in_flight += 1
         start = time.perf_counter()
         try:
-            result = await migration.migrate_out(
+            result = await migrate_out(
                 self.llumlet.migration_engine, request_id, endpoint, self.migration_config
             )
         except Exception as exc:

@@ -1,5 +1,5 @@
-"""The multi-host path: ``dask scheduler --preload llumnix_dask.scheduler`` + ``dask worker --preload
-llumnix_dask.workers``, then ``Cluster(address=...)`` and ``llumnix-dask status --scheduler``."""
+"""The multi-host path: ``dask scheduler --preload llumnix_dask.preload.scheduler`` + ``dask worker --preload
+llumnix_dask.preload.worker``, then ``Cluster(address=...)`` and ``llumnix-dask status --scheduler``."""
 
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ def wait_for(path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 def scheduler_address(tmp_path_factory):
     sched_file = str(tmp_path_factory.mktemp("dask") / "scheduler.json")
     env = {**os.environ, "DASK_LLUMNIX__POLICY__DISPATCH": "infaas", "DASK_LLUMNIX__ENGINE__NUM_BLOCKS": "128"}
-    procs = [subprocess.Popen(["dask", "scheduler", "--preload", "llumnix_dask.scheduler", "--host", "127.0.0.1",
+    procs = [subprocess.Popen(["dask", "scheduler", "--preload", "llumnix_dask.preload.scheduler", "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard", "--scheduler-file", sched_file],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         wait_for(sched_file, procs[0])
         time.sleep(0.2)  # the file is written before it is complete on slow machines
         address = json.load(open(sched_file))["address"]
-        procs.append(subprocess.Popen(["dask", "worker", address, "--preload", "llumnix_dask.workers", "--nthreads",
+        procs.append(subprocess.Popen(["dask", "worker", address, "--preload", "llumnix_dask.preload.worker", "--nthreads",
                                        "1", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
         yield address

@@ -125,7 +125,7 @@ def test_page_without_the_plugin_says_how_to_install_it():
 
     page = LlumnixDashboard(lambda: None)
     page.update()
-    assert "--preload llumnix_dask.scheduler" in page.figures.header.text
+    assert "--preload llumnix_dask.preload.scheduler" in page.figures.header.text
 
 
 def test_policy_dict_has_the_slo_fields_the_page_reads():

@@ -23,19 +23,13 @@ def test_register_page_adds_the_route_and_the_navigation_entry():
     assert pages.count("llumnix") == 1 and pages[-1] == "info"
 
 
-def test_importing_the_scheduler_module_outside_a_preload_does_not_register():
-    from llumnix_dask.widgets.dashboard import register_page_if_preloading
-
-    assert register_page_if_preloading() is False
-
-
 PRELOADED_SCHEDULER = textwrap.dedent(
     """
     import asyncio, httpx
     from distributed import Scheduler
 
     async def main():
-        async with Scheduler(preload=["llumnix_dask.scheduler"], dashboard_address="127.0.0.1:0") as s:
+        async with Scheduler(preload=["llumnix_dask.preload.scheduler"], dashboard_address="127.0.0.1:0") as s:
             base = f"http://127.0.0.1:{s.http_server.port}"
             async with httpx.AsyncClient() as http:
                 page = await http.get(base + "/llumnix")
@@ -49,7 +43,7 @@ PRELOADED_SCHEDULER = textwrap.dedent(
 
 
 def test_a_scheduler_started_with_the_preload_serves_the_page():
-    # A fresh interpreter: the preload must be the first import of llumnix_dask.scheduler, as in production.
+    # A fresh interpreter, as in production: the preload module registers the page when it is imported.
     out = subprocess.run([sys.executable, "-c", PRELOADED_SCHEDULER], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-3:] == ["200", "True", "True"], out.stdout + out.stderr[-2000:]
