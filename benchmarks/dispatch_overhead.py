@@ -32,8 +32,9 @@ from _common import print_rows, save  # noqa: E402
 
 from llumnix_dask.policy.load import InstanceLoad  # noqa: E402
 from llumnix_dask.scheduler.stats import percentile  # noqa: E402
-from llumnix_dask.scheduler.wire import pack  # noqa: E402
 from llumnix_dask.client.dispatch import DispatchClient  # noqa: E402
+from llumnix_dask.wire import call  # noqa: E402
+from llumnix_dask.wire import scheduler_api as api  # noqa: E402
 
 N_INSTANCES = 64
 REPORT_INTERVAL_S = 0.01
@@ -75,8 +76,8 @@ def reporter_process(address: str, stop, sent) -> None:
         rng = random.Random(1)
         pool = await ConnectionPool(limit=4)
         while not stop.is_set():
-            loads = [pack(simulated_load(i, rng)) for i in range(N_INSTANCES)]
-            await pool(address).llumnix_report_loads(loads=loads)
+            loads = [simulated_load(i, rng) for i in range(N_INSTANCES)]
+            await call(pool(address), api.ReportLoads(loads=loads))
             sent.value += len(loads)
             await asyncio.sleep(REPORT_INTERVAL_S)
         await pool.close()
@@ -94,7 +95,7 @@ async def closed_loop(client, total: int, callers: int) -> dict:
             t0 = time.perf_counter()
             r = await client.dispatch(request_id=f"c{i}", num_prompt_tokens=128, priority=0)
             rtts.append(time.perf_counter() - t0)
-            decisions.append(r["decision_s"])
+            decisions.append(r.decision_s)
 
     start = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(callers)))
@@ -112,7 +113,7 @@ async def open_loop(client, rate: float, duration_s: float, rng: random.Random) 
         t0 = time.perf_counter()
         r = await client.dispatch(request_id=f"o{i}", num_prompt_tokens=128, priority=0)
         rtts.append(time.perf_counter() - t0)
-        decisions.append(r["decision_s"])
+        decisions.append(r.decision_s)
 
     start = time.perf_counter()
     t, i = 0.0, 0
@@ -139,9 +140,9 @@ async def run(quick: bool) -> list[dict]:
         try:
             pool = await ConnectionPool(limit=256)
             for i in range(N_INSTANCES):
-                await pool(address).llumnix_register_instance(
+                await call(pool(address), api.RegisterInstance(
                     instance_id=f"sim-{i}", address=f"tcp://127.0.0.1:{20000 + i}", name=f"sim-{i}",
-                    load=pack(simulated_load(i, rng)), info={"block_size": 16, "backend": "sim"})
+                    load=simulated_load(i, rng), info=api.InstanceInfo(block_size=16, backend="sim")))
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
@@ -149,8 +150,8 @@ async def run(quick: bool) -> list[dict]:
             rep = ctx.Process(target=reporter_process, args=(address, stop, sent), daemon=True)
             rep.start()
             for policy in ("llumnix", "round_robin"):
-                reply = await pool(address).llumnix_set_policy(updates={"dispatch": policy})
-                assert reply["status"] == "OK", reply
+                reply = await call(pool(address), api.SetPolicy(updates={"dispatch": policy}), api.PolicyReply)
+                assert reply.status == "OK", reply
                 client = DispatchClient(lambda: pool(address))
                 closed = await closed_loop(client, 3000 if quick else 20000, callers=64)
                 rows.append({"policy": policy, "mode": "closed loop, 64 callers", **closed})
@@ -162,7 +163,7 @@ async def run(quick: bool) -> list[dict]:
             stop.set()
             rep.join(10)
             reports = sent.value
-            snap = await pool(address).llumnix_snapshot()
+            snap = await call(pool(address), api.GetSnapshot())
             await pool.close()
         finally:
             proc.terminate()

@@ -40,6 +40,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_rows, ratio, save  # noqa: E402
 
+# The engine host of the migration tests (tests/engine_runner.py); Dask's spawned workers inherit this path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 from llumnix_dask.config import EngineConfig, MigrationConfig, TinyModelConfig, worker_dask_config  # noqa: E402
 from llumnix_dask.request import Request, SamplingParams  # noqa: E402
 
@@ -65,7 +68,7 @@ def engine_config(backend: str, model_path: str, num_blocks: int) -> EngineConfi
 def start_instance(config, dask_worker):
     from llumnix_dask.engine import create_engine
     from llumnix_dask.migration import MigrationDestination, register_migration_handlers
-    from llumnix_dask.migration.harness import EngineRunner
+    from engine_runner import EngineRunner
 
     engine = create_engine(config, str(dask_worker.name))
     destination = MigrationDestination(engine, LIVE)

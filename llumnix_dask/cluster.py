@@ -34,6 +34,8 @@ from llumnix_dask.client.intake import check_fits, check_text, prompt_bound_toke
 from llumnix_dask.client.records import Completion, StreamChunk
 from llumnix_dask.client.scaling import keep_instances
 from llumnix_dask.engine.tokenizer import load_tokenizer
+from llumnix_dask.wire import Message, call
+from llumnix_dask.wire import scheduler_api as api
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ class Cluster(ClusterViews):
                     raise RuntimeError(f"engine instance failed to start on {worker}: {res.get('exception_text') or res}")
             rows = self._wait_for_instances(lambda rows: len(rows) >= (n_instances if address is None else 1), timeout)
             self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.engine_config)
-            lens = [r.get("max_model_len") for r in rows if r.get("max_model_len")]
+            lens = [r.max_model_len for r in rows if r.max_model_len]
             self.max_model_len: int | None = min(lens) if lens else None
             self.frontend: Frontend = self._run(self._start_frontend())
             self.target_instances = n_instances if address is None else None
@@ -226,15 +228,14 @@ class Cluster(ClusterViews):
             fut.cancel()
             raise TimeoutError(f"llumnix cluster call timed out after {timeout} s") from None
 
-    def _scheduler_call(self, op: str, **kwargs: Any) -> Any:
-        async def call() -> Any:
-            return await getattr(self.client.scheduler, op)(**kwargs)
+    def _scheduler_call(self, msg: Message, reply: Any = None) -> Any:
+        """Send a :mod:`~llumnix_dask.wire.scheduler_api` message to the global scheduler and wait for the
+        answer (as ``reply``, a type)."""
+        return self._run(call(self.client.scheduler, msg, reply), self.timeout)
 
-        return self._run(call(), self.timeout)
-
-    def _instance_rows(self) -> list[dict]:
+    def _instance_rows(self) -> list[api.InstanceRow]:
         try:
-            return self._scheduler_call("llumnix_instances")
+            return self._scheduler_call(api.GetInstances(), list[api.InstanceRow])
         except Exception:
             return []
 
@@ -250,7 +251,7 @@ class Cluster(ClusterViews):
         except Exception:
             return False
 
-    def _wait_for_instances(self, ready: Any, timeout: float) -> list[dict]:
+    def _wait_for_instances(self, ready: Any, timeout: float) -> list[api.InstanceRow]:
         deadline = time.monotonic() + timeout
         while True:
             rows = self._instance_rows()

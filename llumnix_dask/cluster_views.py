@@ -10,6 +10,9 @@ import html
 from typing import Any
 
 from llumnix_dask.config import PolicyConfig
+from llumnix_dask.wire import pack
+from llumnix_dask.wire import scheduler_api as api
+from llumnix_dask.wire import worker_api as instance_api
 
 
 class ClusterViews:
@@ -17,20 +20,20 @@ class ClusterViews:
 
     @property
     def policy(self) -> PolicyConfig:
-        return PolicyConfig(**self._scheduler_call("llumnix_get_policy"))
+        return self._scheduler_call(api.GetPolicy(), PolicyConfig)
 
     def set_policy(self, **knobs: Any) -> PolicyConfig:
         """Change scheduler knobs live, e.g. ``set_policy(dispatch="infaas", migration_enabled=False)``."""
-        reply = self._scheduler_call("llumnix_set_policy", updates=knobs)
-        if reply.get("status") != "OK":
-            raise ValueError(reply.get("error"))
-        return PolicyConfig(**reply["policy"])
+        reply = self._scheduler_call(api.SetPolicy(updates=knobs), api.PolicyReply)
+        if reply.status != "OK":
+            raise ValueError(reply.error)
+        return reply.policy
 
     def instances(self) -> Any:
         """One row per instance: load, KV usage, freeness, draining / migrating flags."""
         import pandas as pd
 
-        rows = self._instance_rows()
+        rows = pack(self._instance_rows())
         frame = pd.DataFrame(rows)
         return frame.set_index("instance_id") if rows else frame
 
@@ -38,21 +41,23 @@ class ClusterViews:
         """The migration log (newest last) as a DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame(self._scheduler_call("llumnix_migrations", n=n))
+        return pd.DataFrame(self._scheduler_call(api.GetMigrations(n=n)))
 
     def explain(self, n: int = 20, kind: str | None = None) -> Any:
         """The last ``n`` scheduler decisions (dispatch, migration, scaling, drain) with their reasons."""
         import pandas as pd
 
-        return pd.DataFrame(self._scheduler_call("llumnix_explain", n=n, kind=kind))
+        return pd.DataFrame(self._scheduler_call(api.Explain(n=n, kind=kind)))
 
     def snapshot(self) -> dict:
         """The scheduler's plain-dict snapshot (see ``GlobalScheduler.snapshot``)."""
-        return self._scheduler_call("llumnix_snapshot")
+        return self._scheduler_call(api.GetSnapshot())
 
     def migrate(self, request_id: str, dst: str | None = None) -> dict:
-        """Live-migrate a running request now (to ``dst`` or the freest other instance)."""
-        return self._scheduler_call("llumnix_migrate", request_id=request_id, dst=dst)
+        """Live-migrate a running request now (to ``dst`` or the freest other instance); how it went: ``ok``,
+        ``reason`` and, when it got that far, ``downtime_s``, ``blocks``, ``num_stages``, ..."""
+        report = self._scheduler_call(api.ForceMigration(request_id=request_id, dst=dst), instance_api.MigrationReport)
+        return {"ok": report.ok, "request_id": report.request_id, "reason": report.reason, **report.details()}
 
     def panel(self) -> Any:
         """An ipywidgets control panel of the scheduler's knobs; changes apply live (see ``widgets.panel``)."""
@@ -81,9 +86,9 @@ class ClusterViews:
         return f"<llumnix Cluster: {len(self._instance_rows())} instances, scheduler {self.scheduler_address}>"
 
     def _repr_html_(self) -> str:
-        rows = self._instance_rows()
+        rows = pack(self._instance_rows())
         try:
-            policy = self._scheduler_call("llumnix_get_policy")
+            policy = pack(self.policy)
         except Exception:
             policy = {}
         link = self.dashboard_link

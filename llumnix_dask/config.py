@@ -1,4 +1,5 @@
-"""Every default of llumnix-dask lives here, validated when a config is built.
+"""The configuration records a user sets (engine, policy, migration, frontend, server, simulator), validated
+when built.
 
 A bad value raises ``ValueError`` naming the field, e.g.::
 
@@ -139,7 +140,6 @@ class MigrationConfig:
 
     max_stages: int = 3
     last_stage_max_blocks: int = 16
-    staging_buffer_blocks: int = 512
     # Free blocks the destination must keep after pre-allocating the first stage.
     dst_watermark_blocks: int = 16
     # Destination frees its pre-allocation when the source is silent this long.
@@ -154,8 +154,7 @@ class MigrationConfig:
     max_gather_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_stages", "last_stage_max_blocks", "staging_buffer_blocks", "min_chunk_bytes",
-                     "max_gather_bytes"):
+        for name in ("max_stages", "last_stage_max_blocks", "min_chunk_bytes", "max_gather_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 _fail(self, name, f"must be an integer >= 1, got {value!r}")

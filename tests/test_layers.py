@@ -1,7 +1,7 @@
 """The package's layers only point down and no modules import each other in a circle.
 
-Layers, lowest first (ARCHITECTURE.md): plain data (config, request, workloads) <- policy <- engine <-
-migration <- workers / scheduler <- client / sim <- cluster / serve / widgets <- cli / preload. A module may
+Layers, lowest first (the README's Layout section): plain data (config, request, workloads) <- policy <- engine <-
+migration / wire (the messages between processes) <- workers / scheduler <- client / sim <- cluster / serve / widgets <- cli / preload. A module may
 import its own layer and the ones below it, never one above. Every import counts, inside functions and
 under ``TYPE_CHECKING`` too: a lazy import is still a dependency.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llumnix_dask"
 LAYERS = {
-    "config": 0, "request": 0, "workloads": 0, "wire": 0,
+    "config": 0, "request": 0, "workloads": 0,
     "policy": 1,
     "engine": 2,
-    "migration": 3,
+    "migration": 3, "wire": 3,
     "workers": 4, "scheduler": 4,
     "client": 5, "sim": 5,
     "cluster": 6, "cluster_views": 6, "serve": 6, "widgets": 6,

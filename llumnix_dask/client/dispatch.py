@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from llumnix_dask.wire import call
+from llumnix_dask.wire.scheduler_api import DispatchBatch, Placement, RequestDemand
+
 
 class DispatchClient:
-    """``await client.dispatch(...)`` -> the scheduler's decision dict for that request.
+    """``await client.dispatch(...)`` -> the scheduler's :class:`Placement` for that request.
 
     ``scheduler`` returns an rpc object for the scheduler (e.g. ``lambda: pool(address)``).
     """
@@ -21,26 +24,18 @@ class DispatchClient:
         self._scheduler = scheduler
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
-        self._pending: list[tuple[dict, asyncio.Future]] = []
+        self._pending: list[tuple[RequestDemand, asyncio.Future]] = []
         self._in_flight = 0
         self.num_round_trips = 0
         self.num_dispatches = 0
 
     async def dispatch(
         self, request_id: str, num_prompt_tokens: int, priority: int = 0, arrival_time: float | None = None
-    ) -> dict:
+    ) -> Placement:
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            (
-                {
-                    "request_id": request_id,
-                    "num_prompt_tokens": int(num_prompt_tokens),
-                    "priority": int(priority),
-                    "arrival_time": arrival_time,
-                },
-                fut,
-            )
-        )
+        demand = RequestDemand(request_id=request_id, num_prompt_tokens=int(num_prompt_tokens),
+                               priority=int(priority), arrival_time=arrival_time)
+        self._pending.append((demand, fut))
         if self._in_flight < self.max_in_flight:
             self._in_flight += 1
             asyncio.ensure_future(self._pump())
@@ -54,7 +49,8 @@ class DispatchClient:
                 self.num_round_trips += 1
                 self.num_dispatches += len(batch)
                 try:
-                    replies = await self._scheduler().llumnix_dispatch_batch(requests=[m for m, _ in batch])
+                    replies = await call(self._scheduler(), DispatchBatch(requests=[m for m, _ in batch]),
+                                         list[Placement])
                 except Exception as exc:  # scheduler gone: every waiter learns why
                     for _, fut in batch:
                         if not fut.done():

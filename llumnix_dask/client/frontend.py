@@ -1,7 +1,7 @@
 """The async frontend: turns prompts into requests, dispatches them, and receives their token streams.
 
 A :class:`Frontend` lives on one event loop (the Cluster's Dask loop). It runs a small Dask ``Server``
-that workers open token streams to (see :mod:`llumnix_dask.workers.streams`), asks the global scheduler
+that workers open token streams to (see :mod:`llumnix_dask.wire.frontend_api`), asks the global scheduler
 for an instance, hands the request straight to that worker, and re-orders token messages by index so a
 stream that hops instances during a live migration reaches the caller intact, each token once, in order.
 """
@@ -15,7 +15,6 @@ import time
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from distributed.core import Server
-from distributed.protocol import to_serialize
 from distributed.utils import get_ip
 
 from llumnix_dask.client.dispatch import DispatchClient
@@ -25,7 +24,10 @@ from llumnix_dask.client.intake import check_fits, check_text, prompt_bound_toke
 from llumnix_dask.client.records import Completion, RequestHandle, StreamChunk
 from llumnix_dask.config import FrontendConfig
 from llumnix_dask.request import Priority, Request, SamplingParams
-from llumnix_dask.workers.streams import TOKEN_MESSAGE_OP, TOKEN_STREAM_OP
+from llumnix_dask.wire import call, handler
+from llumnix_dask.wire import scheduler_api as api
+from llumnix_dask.wire import worker_api as instance_api
+from llumnix_dask.wire.frontend_api import OPEN_TOKEN_STREAM_OP, TokenBatch, TokenMessage
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class Frontend:
         self.address: str | None = None
         self._active: dict[str, RequestHandle] = {}
         self._closed_ids: collections.OrderedDict[str, set[str]] = collections.OrderedDict()
-        self._finished_reports: list[dict] = []
+        self._finished_reports: list[api.FinishedRequest] = []
         self._tasks: list[asyncio.Task] = []
         self._comm_instances: dict[int, set[str]] = {}  # token-stream comm -> instances seen on it
         self.health = Health(self, self.config)
@@ -72,8 +74,8 @@ class Frontend:
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> "Frontend":
         self.server = Server(
-            {TOKEN_STREAM_OP: self._token_stream},
-            stream_handlers={TOKEN_MESSAGE_OP: self._on_tokens},
+            {OPEN_TOKEN_STREAM_OP: self._token_stream},
+            stream_handlers={TokenBatch.op: handler(TokenBatch, self._on_batch, extras=("comm_key",))},
             connection_args=self._connection_args,
         )
         host = self._host or _reachable_host(self.scheduler_address)
@@ -154,17 +156,16 @@ class Frontend:
             arrival_time=request.arrival_time,
         )
         handle.dispatch_s += time.perf_counter() - t0
-        if decision.get("status") == "overloaded":
-            raise Overloaded(decision.get("error", "the cluster is overloaded"), decision.get("retry_after_s", 1.0))
-        if decision.get("status") != "OK":
-            raise NoInstanceError(decision.get("error", "no instance available"))
-        handle.instance_id, handle.address = decision["instance_id"], decision["address"]
+        if decision.status == "overloaded":
+            raise Overloaded(decision.error or "the cluster is overloaded", decision.retry_after_s or 1.0)
+        if decision.status != "OK":
+            raise NoInstanceError(decision.error or "no instance available")
+        handle.instance_id, handle.address = decision.instance_id, decision.address
         request.instance_id = handle.instance_id
-        reply = await self.server.rpc(handle.address).llumnix_add_request(
-            request=to_serialize(request), frontend=self.address
-        )
-        if reply.get("status") != "OK":
-            raise RequestFailed(reply.get("error", "the instance refused the request"))
+        reply = await call(self.server.rpc(handle.address),
+                           instance_api.AddRequest(request=request, frontend=self.address), instance_api.Added)
+        if reply.status != "OK":
+            raise RequestFailed(reply.error or "the instance refused the request")
 
     async def chunks(self, handle: RequestHandle) -> AsyncIterator[StreamChunk]:
         """Yield the request's chunks until it finishes; aborts it if the consumer stops early."""
@@ -200,9 +201,9 @@ class Frontend:
         self._record_finished(handle)  # the scheduler forgets where it lived; metrics count the abort
         try:
             if handle.address:
-                await self.server.rpc(handle.address).llumnix_abort(request_id=handle.request_id)
+                await call(self.server.rpc(handle.address), instance_api.AbortRequest(request_id=handle.request_id))
             # It may have migrated since (even before its first token there): the scheduler knows where.
-            await self.scheduler.llumnix_abort(request_id=handle.request_id)
+            await call(self.scheduler, api.AbortWhere(request_id=handle.request_id))
         except Exception as exc:  # the instance may be gone; nothing left to stop
             logger.debug("abort of %s failed: %s", handle.request_id, exc)
 
@@ -240,21 +241,24 @@ class Frontend:
         finally:
             self.health.stream_closed(self._comm_instances.pop(key, set()))
 
-    def _on_tokens(self, messages: list[dict], comm_key: int | None = None) -> None:
+    def _on_batch(self, batch: TokenBatch, comm_key: int | None = None) -> None:
+        self._on_tokens(batch.messages, comm_key)
+
+    def _on_tokens(self, messages: list[TokenMessage], comm_key: int | None = None) -> None:
         now = time.perf_counter()
         seen = self._comm_instances.get(comm_key) if comm_key is not None else None
         for msg in messages:
-            inst = msg.get("inst")
+            inst = msg.instance_id
             if seen is not None and inst:
                 seen.add(inst)
-            handle = self._active.get(msg["rid"])
+            handle = self._active.get(msg.request_id)
             if handle is None:
                 self._stop_orphan(msg)
                 continue
             handle.last_progress = time.monotonic()
-            if "error" in msg:
+            if msg.error is not None:
                 if inst not in handle.order.ignored:
-                    self.fail(handle, f"instance {inst}: {msg['error']}")
+                    self.fail(handle, f"instance {inst}: {msg.error}")
                 continue
             self.deliver(handle, msg, now)
 
@@ -265,7 +269,7 @@ class Frontend:
     def is_active(self, handle: RequestHandle) -> bool:
         return self._active.get(handle.request_id) is handle
 
-    def deliver(self, handle: RequestHandle, msg: dict, now: float | None = None) -> None:
+    def deliver(self, handle: RequestHandle, msg: TokenMessage, now: float | None = None) -> None:
         """Put a token message (from an instance, or replayed) into the request's ordered stream."""
         now = time.perf_counter() if now is None else now
         accepted = handle.order.accept(msg, now)
@@ -287,15 +291,15 @@ class Frontend:
                 self._active.pop(handle.request_id, None)
                 self._record_finished(handle)
 
-    def _stop_orphan(self, msg: dict) -> None:
+    def _stop_orphan(self, msg: TokenMessage) -> None:
         """Tokens for a request this frontend closed: a copy is still generating somewhere (it moved while
         its abort was on the way); stop it where it is, once."""
-        told = self._closed_ids.get(msg["rid"])
-        inst = msg.get("inst")
-        if told is None or not inst or inst in told or msg.get("done"):
+        told = self._closed_ids.get(msg.request_id)
+        inst = msg.instance_id
+        if told is None or not inst or inst in told or msg.finished:
             return
         told.add(inst)
-        self._spawn(self._abort_copy(msg["rid"], inst, None))
+        self._spawn(self._abort_copy(msg.request_id, inst, None))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -304,7 +308,7 @@ class Frontend:
 
     async def _abort_copy(self, request_id: str, instance_id: str, survivor: str | None) -> None:
         try:
-            await self.scheduler.llumnix_abort(request_id=request_id, instance_id=instance_id, survivor=survivor)
+            await call(self.scheduler, api.AbortWhere(request_id=request_id, instance_id=instance_id, survivor=survivor))
         except Exception as exc:  # the instance or scheduler may be gone: the copy then dies with it
             logger.debug("stopping the copy of %s on %s failed: %s", request_id, instance_id, exc)
 
@@ -323,20 +327,12 @@ class Frontend:
     # -- reporting -----------------------------------------------------------------------------------
     def _record_finished(self, handle: RequestHandle) -> None:
         done = self.completion(handle)
-        self._finished_reports.append(
-            {
-                "request_id": done.request_id,
-                "priority": done.priority,
-                "finish_time": time.time(),
-                "ttft": done.ttft,
-                "tpot": done.tpot,
-                "e2e": done.e2e,
-                "num_output_tokens": len(done.token_ids),
-                "num_migrations": done.num_migrations,
-                "finish_reason": done.finish_reason,
-                "slo_ttft_s": handle.request.slo_ttft_s,
-            }
-        )
+        self._finished_reports.append(api.FinishedRequest(
+            request_id=done.request_id, priority=done.priority, finish_time=time.time(), ttft=done.ttft,
+            tpot=done.tpot, e2e=done.e2e, num_output_tokens=len(done.token_ids),
+            num_migrations=done.num_migrations, finish_reason=done.finish_reason,
+            slo_ttft_s=handle.request.slo_ttft_s,
+        ))
         if self.on_finished is not None:
             try:
                 self.on_finished(done)
@@ -348,7 +344,7 @@ class Frontend:
             return
         items, self._finished_reports = self._finished_reports, []
         try:
-            await self.scheduler.llumnix_request_finished(items=items)
+            await call(self.scheduler, api.ReportFinished(items=items))
         except Exception as exc:
             logger.debug("could not report finished requests: %s", exc)
 

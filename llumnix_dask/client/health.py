@@ -16,6 +16,9 @@ from llumnix_dask.client.errors import InstanceLost, RequestFailed
 from llumnix_dask.client.records import RequestHandle
 from llumnix_dask.config import FrontendConfig
 from llumnix_dask.request import Request
+from llumnix_dask.wire import call
+from llumnix_dask.wire.frontend_api import TokenMessage
+from llumnix_dask.wire.scheduler_api import AskProgress, Progress, ProgressQuery
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ class Watched(Protocol):
 
     def is_active(self, handle: RequestHandle) -> bool: ...
 
-    def deliver(self, handle: RequestHandle, msg: dict, now: float | None = None) -> None: ...
+    def deliver(self, handle: RequestHandle, msg: TokenMessage, now: float | None = None) -> None: ...
 
     def fail(self, handle: RequestHandle, message: str, kind: type[RequestFailed] = RequestFailed) -> None: ...
 
@@ -80,28 +83,24 @@ class Health:
             return
         for h in due:
             h.last_check = now
-        replies = await self.frontend.scheduler.llumnix_request_status(
-            requests=[{"request_id": h.request_id, "start": h.order.next_index} for h in due])
+        queries = [ProgressQuery(request_id=h.request_id, start=h.order.next_index) for h in due]
+        replies = await call(self.frontend.scheduler, AskProgress(requests=queries), list[Progress])
         for handle, reply in zip(due, replies):
             if not self.frontend.is_active(handle):
                 continue
-            status = reply.get("status")
-            if status == "unknown":  # no instance holds it: its instance died (or restarted empty)
+            if reply.status == "unknown":  # no instance holds it: its instance died (or restarted empty)
                 await self._instance_gone(handle, handle.holder)
-            elif status == "OK" and (reply.get("ids") or reply.get("done")):
+            elif reply.status == "OK" and (reply.ids or reply.done):
                 self._replay(handle, reply)
 
-    def _replay(self, handle: RequestHandle, reply: dict) -> None:
+    def _replay(self, handle: RequestHandle, reply: Progress) -> None:
         """Tokens the holder sent that did not (yet) arrive here: a message that never came fills its gap."""
-        start = reply.get("start", handle.order.next_index)
-        ids = list(reply.get("ids") or [])
-        if handle.order.gap_since is not None and ids:
+        if handle.order.gap_since is not None and reply.ids:
             self.num_replayed += 1
             logger.warning("request %s: tokens from index %d never arrived; %d replayed from %s",
-                           handle.request_id, start, len(ids), reply.get("instance_id"))
-        self.frontend.deliver(handle, {"rid": handle.request_id, "i": start, "ids": ids, "text": None,
-                                       "done": bool(reply.get("done")), "reason": reply.get("reason"),
-                                       "inst": reply.get("instance_id")})
+                           handle.request_id, reply.start, len(reply.ids), reply.instance_id)
+        self.frontend.deliver(handle, TokenMessage(handle.request_id, reply.instance_id, reply.start,
+                                                   list(reply.ids), None, reply.done, reply.reason))
 
     async def _instance_gone(self, handle: RequestHandle, instance_id: str) -> None:
         cfg = self.config

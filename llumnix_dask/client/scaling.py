@@ -12,16 +12,23 @@ import logging
 import time
 from typing import Any
 
+from llumnix_dask.wire import call
+from llumnix_dask.wire import scheduler_api as api
+
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.05
 
 
-async def _rows(cluster: Any) -> list[dict]:
-    return await cluster.client.scheduler.llumnix_instances()
+async def _rows(cluster: Any) -> list[api.InstanceRow]:
+    return await call(cluster.client.scheduler, api.GetInstances(), list[api.InstanceRow])
 
 
-async def _wait(cluster: Any, ready: Any, timeout: float, what: str) -> list[dict]:
+async def _plan(sched: Any) -> api.ScalingPlan:
+    return await call(sched, api.GetScalingPlan(), api.ScalingPlan)
+
+
+async def _wait(cluster: Any, ready: Any, timeout: float, what: str) -> list[api.InstanceRow]:
     deadline = time.monotonic() + timeout
     while True:
         rows = await _rows(cluster)
@@ -42,17 +49,17 @@ def _start_workers(cluster: Any, count: int) -> None:
     local.scale(len(local.worker_spec) + count)
 
 
-async def retire(cluster: Any, entries: list[dict], timeout: float) -> None:
+async def retire(cluster: Any, entries: list[api.Retiree], timeout: float) -> None:
     """Stop the workers of drained instances and wait until the scheduler has forgotten them."""
     if not entries:
         return
     local = cluster._local
     if local is not None:
-        await local.scale_down([e["name"] for e in entries])
+        await local.scale_down([e.name for e in entries])
     else:
-        await cluster.client.scheduler.retire_workers(workers=[e["address"] for e in entries], close_workers=True)
-    gone = {e["instance_id"] for e in entries}
-    await _wait(cluster, lambda rows: not gone & {r["instance_id"] for r in rows}, timeout, "retiring instances")
+        await cluster.client.scheduler.retire_workers(workers=[e.address for e in entries], close_workers=True)
+    gone = {e.instance_id for e in entries}
+    await _wait(cluster, lambda rows: not gone & {r.instance_id for r in rows}, timeout, "retiring instances")
 
 
 async def scale_to(cluster: Any, n: int) -> None:
@@ -60,27 +67,27 @@ async def scale_to(cluster: Any, n: int) -> None:
     if n < 1:
         raise ValueError(f"scale: n must be >= 1, got {n}")
     sched = cluster.client.scheduler
-    await sched.llumnix_set_target(n=n)
+    await call(sched, api.SetTarget(n=n))
     rows = await _rows(cluster)
-    active = [r for r in rows if not r["terminating"]]
+    active = [r for r in rows if not r.terminating]
     timeout = cluster.timeout
     if n > len(active):
         _start_workers(cluster, n - len(active))
         await _wait(
-            cluster, lambda rs: sum(not r["terminating"] for r in rs) >= n, timeout, f"scaling up to {n} instances"
+            cluster, lambda rs: sum(not r.terminating for r in rs) >= n, timeout, f"scaling up to {n} instances"
         )
     elif n < len(active):
-        reply = await sched.llumnix_drain(count=len(active) - n)
-        if reply.get("status") != "OK":
-            raise ValueError(reply.get("error"))
-        ids = set(reply["instance_ids"])
+        reply = await call(sched, api.Drain(count=len(active) - n), api.Drained)
+        if reply.status != "OK":
+            raise ValueError(reply.error)
+        ids = set(reply.instance_ids)
         deadline = time.monotonic() + timeout
         while ids:
-            plan = await sched.llumnix_scaling_plan()
-            ready = [e for e in plan["retire"] if e["instance_id"] in ids]
+            plan = await _plan(sched)
+            ready = [e for e in plan.retire if e.instance_id in ids]
             if ready:
                 await retire(cluster, ready, timeout)
-                ids -= {e["instance_id"] for e in ready}
+                ids -= {e.instance_id for e in ready}
             elif time.monotonic() > deadline:
                 raise TimeoutError(f"draining {sorted(ids)} did not finish in {timeout:.0f} s")
             else:
@@ -93,13 +100,13 @@ async def autoscale_loop(cluster: Any, poll_s: float = 0.5) -> None:
     while True:
         await asyncio.sleep(poll_s)
         try:
-            plan = await sched.llumnix_scaling_plan()
-            if plan["retire"]:
-                await retire(cluster, plan["retire"], cluster.timeout)
-            target, local = plan["target"], cluster._local
-            starting = (len(local.worker_spec) - plan["total"]) if local is not None else 0
-            if target and local is not None and target > plan["active"] and starting <= 0:
-                _start_workers(cluster, target - plan["active"])
+            plan = await _plan(sched)
+            if plan.retire:
+                await retire(cluster, plan.retire, cluster.timeout)
+            target, local = plan.target, cluster._local
+            starting = (len(local.worker_spec) - plan.total) if local is not None else 0
+            if target and local is not None and target > plan.active and starting <= 0:
+                _start_workers(cluster, target - plan.active)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -117,18 +124,18 @@ async def keep_instances(cluster: Any, poll_s: float = 1.0) -> None:
         if cluster._autoscaler is not None and not cluster._autoscaler.done():
             continue  # Cluster.adapt's loop owns the size
         try:
-            plan = await sched.llumnix_scaling_plan()
+            plan = await _plan(sched)
             local = cluster._local
-            target = plan["target"] or cluster.target_instances
+            target = plan.target or cluster.target_instances
             gone = [name for name, w in list(local.workers.items())
                     if getattr(w, "status", None) in (Status.closed, Status.failed, Status.closing_gracefully)]
             for name in gone:
                 local.worker_spec.pop(name, None)
                 local.workers.pop(name, None)
-            if target and plan["active"] < target and len(local.worker_spec) <= plan["total"]:
-                logger.warning("llumnix cluster has %d of %d instances; starting %d", plan["active"], target,
-                               target - plan["active"])
-                local.scale(len(local.worker_spec) + target - plan["active"])
+            if target and plan.active < target and len(local.worker_spec) <= plan.total:
+                logger.warning("llumnix cluster has %d of %d instances; starting %d", plan.active, target,
+                               target - plan.active)
+                local.scale(len(local.worker_spec) + target - plan.active)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llumnix_dask.wire.frontend_api import TokenMessage
 
-def msg(i: int, ids: list[int], inst: str, done: bool = False, reason: str | None = None, text: str | None = None) -> dict:
-    """A token message as instances send it (see ``llumnix_dask.workers.llumlet``)."""
-    return {"i": i, "ids": ids, "text": text if text is not None else "", "done": done,
-            "reason": reason if reason or not done else "length", "inst": inst}
+
+def msg(i: int, ids: list[int], inst: str, done: bool = False, reason: str | None = None, text: str | None = None,
+        request_id: str = "r") -> TokenMessage:
+    """A token message as an instance sends it (examples and tests)."""
+    return TokenMessage(request_id, inst, i, list(ids), text if text is not None else "", done,
+                        reason if reason or not done else "length")
 
 
 @dataclass
@@ -52,7 +55,7 @@ class TokenOrder:
 
     def __init__(self, next_index: int = 0) -> None:
         self.next_index = next_index
-        self.pending: dict[int, dict] = {}  # messages that arrived before an earlier one
+        self.pending: dict[int, TokenMessage] = {}  # messages that arrived before an earlier one
         self.instances: list[str] = []  # every instance that delivered tokens, in order
         self.ignored: set[str] = set()  # instances whose messages no longer count (stopped copies, dead ones)
         self.finished = False
@@ -72,21 +75,21 @@ class TokenOrder:
         """The instance of the earliest message waiting behind the gap: it holds the request now."""
         if not self.pending:
             return None
-        return self.pending[min(self.pending)].get("inst")
+        return self.pending[min(self.pending)].instance_id
 
     def ignore(self, instance_id: str) -> None:
         """Drop what ``instance_id`` still sends (its copy was stopped, or it died and the request moved on)."""
         self.ignored.add(instance_id)
-        for i in [i for i, m in self.pending.items() if m.get("inst") == instance_id]:
+        for i in [i for i, m in self.pending.items() if m.instance_id == instance_id]:
             del self.pending[i]
         if not self.pending:
             self.gap_since = None
 
-    def accept(self, message: dict, now: float) -> Accepted:
+    def accept(self, message: TokenMessage, now: float) -> Accepted:
         out = Accepted()
-        if self.finished or message.get("inst") in self.ignored:
+        if self.finished or message.instance_id in self.ignored:
             return out
-        start = message["i"]
+        start = message.index
         if start > self.next_index:
             self.pending[start] = message
             if self.gap_since is None:
@@ -99,22 +102,22 @@ class TokenOrder:
         self.gap_since = now if self.pending and not self.finished else None
         return out
 
-    def _deliver(self, message: dict, out: Accepted) -> None:
-        start, ids, inst = message["i"], message["ids"], message.get("inst")
+    def _deliver(self, message: TokenMessage, out: Accepted) -> None:
+        start, ids, inst = message.index, message.token_ids, message.instance_id
         skip = self.next_index - start
-        if skip >= len(ids) and not (message["done"] and skip == len(ids)):
+        if skip >= len(ids) and not (message.finished and skip == len(ids)):
             out.stop_copy = out.stop_copy or self._duplicate_copy(inst)
             return  # already delivered
         new_ids = ids[skip:] if skip > 0 else ids
         if inst and inst != self.following and (new_ids or not self.instances):
             self.instances.append(inst)
         self.next_index += len(new_ids)
-        finished = bool(message["done"])
+        finished = message.finished
         if finished:
-            self.finished, self.finish_reason = True, message.get("reason")
+            self.finished, self.finish_reason = True, message.finish_reason
             self.pending.clear()
-        text = message.get("text") if skip <= 0 else None
-        out.chunks.append(Chunk(start + max(skip, 0), list(new_ids), text, finished, message.get("reason"), inst))
+        text = message.text if skip <= 0 else None
+        out.chunks.append(Chunk(start + max(skip, 0), list(new_ids), text, finished, message.finish_reason, inst))
 
     def _duplicate_copy(self, inst: str | None) -> tuple[str, str] | None:
         """A second live copy sent tokens the client has: stop the copy on the instance the request joined last.

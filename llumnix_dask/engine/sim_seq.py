@@ -10,7 +10,10 @@ VOCAB = 32000
 
 
 class SimSeq:
-    """Per-request engine state; it travels with the request (``request.metadata["sim_seq"]``) on migration."""
+    """Per-request engine state; it travels with the request (``request.metadata["sim_seq"]``) on migration
+    within a process. Between processes it stays behind (``wire_local``): the destination rebuilds it."""
+
+    wire_local = True
 
     __slots__ = ("request", "prompt_len", "max_tokens", "generated", "total", "block_ids", "capacity", "high",
                  "active", "owner", "preempted_at", "preemption_loss_s", "token_seed", "admitted_at", "load_cache")

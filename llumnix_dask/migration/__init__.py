@@ -7,7 +7,6 @@
   (+ :class:`NcclPeers` on every GPU worker)
 * ``staging`` - one stage on the wire (gather pieces, messages, in-flight window)
 * ``kernels`` - gather / scatter of KV blocks to and from a contiguous staging buffer (torch / Triton)
-* ``harness`` - an engine in a step-loop thread with token streams, for tests and benchmarks
 """
 
 from llumnix_dask.migration.destination import MigrationDestination, UnknownMigration

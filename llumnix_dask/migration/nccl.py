@@ -3,12 +3,12 @@
 Communicators are per *direction* of a worker pair, created on first use and kept until the peer
 leaves (:meth:`NcclPeers.drop`), so scaling the cluster never rebuilds the others. The sender always
 creates its outgoing communicator: it draws the NCCL unique id and hands it to the receiver through the
-receiver's ``llumnix_nccl_init`` handler, both ranks joining at once. One communicator per direction
+receiver (:class:`~llumnix_dask.wire.worker_api.NcclInit`), both ranks joining at once. One communicator per direction
 (instead of one per pair) means a communicator only ever carries sends one way, serialized by the
 sender, so two instances migrating to each other at the same time cannot deadlock on a shared one.
 
-Every transfer is: the sender calls the receiver's ``llumnix_nccl_blocks`` handler (dtype, shape,
-migration id) and, concurrently, posts ``ncclSend`` on a side stream; the handler posts the matching
+Every transfer is: the sender sends the receiver a :class:`~llumnix_dask.wire.worker_api.NcclBlocks`
+(dtypes, shapes, migration id) and, concurrently, posts ``ncclSend`` on a side stream; the handler posts the matching
 ``ncclRecv`` into a fresh GPU buffer, waits for it and scatters it into the pre-allocated blocks.
 Engine streams never wait on the network: the side stream only waits (on the GPU) for the export.
 
@@ -28,6 +28,8 @@ import torch
 
 from llumnix_dask.engine.base import MigrationState
 from llumnix_dask.migration.transport import DaskEndpoint
+from llumnix_dask.wire import call, handlers
+from llumnix_dask.wire.worker_api import BufferMeta, NcclBlocks, NcclInit
 
 
 def _nccl() -> Any:
@@ -88,8 +90,7 @@ class NcclPeers:
         self._out: dict[str, _Link] = {}  # peer address -> link we send on
         self._in: dict[str, _Link] = {}  # peer address -> link we receive on
         self._setup: dict[str, asyncio.Lock] = {}
-        worker.handlers["llumnix_nccl_init"] = self._handle_init
-        worker.handlers["llumnix_nccl_blocks"] = self._handle_blocks
+        worker.handlers.update(handlers((NcclInit, self._handle_init), (NcclBlocks, self._handle_blocks)))
         worker._llumnix_nccl_peers = self
 
     @property
@@ -113,43 +114,40 @@ class NcclPeers:
             link = self._out.get(peer)
             if link is None:
                 uid = _nccl().get_unique_id()
-                remote = self.worker.rpc(peer).llumnix_nccl_init(src=self.address, uid=uid)
+                remote = call(self.worker.rpc(peer), NcclInit(src=self.address, uid=list(uid)))
                 comm, _ = await asyncio.gather(asyncio.to_thread(self._new_comm, uid, 0), remote)
                 link = self._out[peer] = _Link(comm, self.device)
         return link
 
-    async def _handle_init(self, src: str, uid: Any) -> None:
-        if isinstance(uid, list):  # msgpack turns the tuple form of older cupy versions into a list
-            uid = tuple(uid)
+    async def _handle_init(self, msg: NcclInit) -> None:
+        uid, src = tuple(msg.uid), msg.src  # cupy's unique id: a tuple of 128 small ints
         comm = await asyncio.to_thread(self._new_comm, uid, 1)
         old = self._in.pop(src, None)
         self._in[src] = _Link(comm, self.device)
         if old is not None:  # the peer restarted and built a new link: the old one is dead
             await asyncio.to_thread(old.close)
 
-    async def _handle_blocks(
-        self, src: str, migration_id: str, start: int | None, counts: list[int], metas: list[dict]
-    ) -> None:
+    async def _handle_blocks(self, msg: NcclBlocks) -> None:
+        src = msg.src
         link = self._in.get(src)
         if link is None:
             raise RuntimeError(f"no NCCL link from {src} to {self.address}")
         destination = getattr(self.worker, "_llumnix_migration_destination", None)
         if destination is None:
             raise RuntimeError(f"{self.address} is not a migration destination (register_migration_handlers)")
-        buffers = [torch.empty(m["shape"], dtype=getattr(torch, m["dtype"]), device=self.device) for m in metas]
+        buffers = [torch.empty(m.shape, dtype=getattr(torch, m.dtype), device=self.device) for m in msg.metas]
         # Receive first even if the migration is unknown here: the sender's ncclSends must be matched.
         await asyncio.to_thread(link.recv, buffers)
-        await asyncio.to_thread(destination.receive_blocks, migration_id, start, counts, buffers)
+        await asyncio.to_thread(destination.receive_blocks, msg.migration_id, msg.start, msg.counts, buffers)
 
     async def send(
         self, peer: str, migration_id: str, start: int | None, counts: list[int], buffers: list[torch.Tensor]
     ) -> None:
         link = await self.outgoing(peer)
         buffers = [b.contiguous() if b.device == self.device else b.to(self.device).contiguous() for b in buffers]
-        metas = [{"dtype": str(b.dtype).removeprefix("torch."), "shape": list(b.shape)} for b in buffers]
-        remote = self.worker.rpc(peer).llumnix_nccl_blocks(
-            src=self.address, migration_id=migration_id, start=start, counts=list(counts), metas=metas
-        )
+        metas = [BufferMeta(dtype=str(b.dtype).removeprefix("torch."), shape=list(b.shape)) for b in buffers]
+        remote = call(self.worker.rpc(peer), NcclBlocks(src=self.address, migration_id=migration_id, start=start,
+                                                        counts=list(counts), metas=metas))
         sending = asyncio.ensure_future(asyncio.to_thread(link.send, buffers))
         try:
             await remote

@@ -2,10 +2,10 @@
 
 * :class:`InProcessEndpoint` - both engines in one process (unit tests, notebooks). The state is
   pickled on the way, as over a wire, so nothing is shared by accident.
-* :class:`DaskEndpoint` - worker to worker over Dask comm. The destination worker serves the handlers
-  installed by :func:`register_migration_handlers`; each staging buffer travels as one message whose
-  payload is wrapped in ``to_serialize`` so it goes out as a raw frame (no pickling, no copy into the
-  message), and it is scattered into the pre-allocated blocks on arrival.
+* :class:`DaskEndpoint` - worker to worker over Dask comm. The destination worker serves the migration
+  messages of :mod:`llumnix_dask.wire.worker_api` (:func:`register_migration_handlers`); each stage's
+  staging buffers travel beside its message as raw frames (``to_serialize``: no pickling, no copy into the
+  message), and are scattered into the pre-allocated blocks on arrival.
 * ``NcclEndpoint`` (``llumnix_dask.migration.nccl``) - GPU to GPU with cupy NCCL send/recv; control
   messages still go over the Dask handlers below.
 
@@ -31,9 +31,8 @@ import torch
 from llumnix_dask.engine.base import MigrationState
 from llumnix_dask.migration.destination import MigrationDestination
 from llumnix_dask.request import Request
-
-HANDLER_PREFIX = "llumnix_migration_"
-HANDLER_NAMES = ("reserve", "blocks", "commit", "abort", "enqueue")
+from llumnix_dask.wire import call, handler, handlers
+from llumnix_dask.wire.worker_api import MIGRATION_OPS, AbortMigration, Commit, Enqueue, Reserve, SendBlocks
 
 
 class InProcessEndpoint:
@@ -69,8 +68,8 @@ def encode_buffer(buffer: torch.Tensor) -> dict[str, Any]:
     from distributed.protocol import to_serialize
 
     if not isinstance(buffer, torch.Tensor):
-        # Engines without tensors (the sim backend) export a small descriptor: it travels as it is.
-        return {"object": _wire(buffer)}
+        # Engines without tensors (the sim backend) export a small plain-data descriptor: it travels as it is.
+        return {"object": buffer}
     flat = buffer.detach().contiguous()
     if flat.device.type == "cuda":
         flat = _to_host(flat)
@@ -122,12 +121,6 @@ async def _encode_all(buffers: list[Any]) -> list[dict[str, Any]]:
     return [encode_buffer(b) for b in buffers]
 
 
-def _wire(obj: Any) -> Any:
-    from distributed.protocol import to_serialize
-
-    return to_serialize(obj)
-
-
 class DaskEndpoint:
     """A destination on another Dask worker, reached through that worker's comm server.
 
@@ -144,65 +137,55 @@ class DaskEndpoint:
         return self.rpc(self.address)
 
     async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
-        return bool(
-            await self._remote().llumnix_migration_reserve(
-                migration_id=migration_id, request_id=request_id, num_blocks=num_blocks
-            )
-        )
+        return await call(self._remote(), Reserve(migration_id=migration_id, request_id=request_id,
+                                                  num_blocks=num_blocks), bool)
 
     async def send_blocks(self, migration_id: str, start: int, counts: list[int], buffers: list[Any]) -> None:
         encoded = await _encode_all(buffers)
-        await self._remote().llumnix_migration_blocks(
-            migration_id=migration_id, start=start, counts=list(counts), buffers=encoded
-        )
+        await call(self._remote(), SendBlocks(migration_id=migration_id, start=start, counts=list(counts)),
+                   buffers=encoded)
 
     async def commit(
         self, migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[Any] = ()
     ) -> bool:
         encoded = await _encode_all(buffers)
-        return bool(
-            await self._remote().llumnix_migration_commit(
-                migration_id=migration_id, state=_wire(state), counts=list(counts), buffers=encoded
-            )
-        )
+        return await call(self._remote(), Commit(migration_id=migration_id, state=state, counts=list(counts)),
+                          bool, buffers=encoded)
 
     async def abort(self, migration_id: str, reason: str) -> None:
-        await self._remote().llumnix_migration_abort(migration_id=migration_id, reason=reason)
+        await call(self._remote(), AbortMigration(migration_id=migration_id, reason=reason))
 
     async def enqueue(self, migration_id: str, request: Request) -> bool:
-        return bool(
-            await self._remote().llumnix_migration_enqueue(migration_id=migration_id, request=_wire(request))
-        )
+        return await call(self._remote(), Enqueue(migration_id=migration_id, request=request), bool)
 
 
 def register_migration_handlers(worker: Any, destination: MigrationDestination, *, reaper: bool = True) -> None:
-    """Serve ``destination`` on ``worker``'s comm server (``worker.handlers['llumnix_migration_*']``).
+    """Serve ``destination`` on ``worker``'s comm server (the migration messages of ``wire.worker_api``).
 
     Every handler runs the engine call in a thread: the engine's lock may be held for a whole step and
     the worker's event loop must keep serving heartbeats and token streams meanwhile. With ``reaper``
     a daemon thread frees pre-allocations whose source went silent (``dst_timeout_s``).
     """
 
-    async def reserve(migration_id: str, request_id: str, num_blocks: int) -> bool:
-        return await asyncio.to_thread(destination.reserve, migration_id, request_id, int(num_blocks))
+    async def reserve(msg: Reserve) -> bool:
+        return await asyncio.to_thread(destination.reserve, msg.migration_id, msg.request_id, msg.num_blocks)
 
-    async def blocks(migration_id: str, start: int, counts: list[int], buffers: list[dict]) -> None:
+    async def blocks(msg: SendBlocks, buffers: list[dict] = ()) -> None:
         tensors = [decode_buffer(b) for b in buffers]
-        await asyncio.to_thread(destination.receive_blocks, migration_id, start, counts, tensors)
+        await asyncio.to_thread(destination.receive_blocks, msg.migration_id, msg.start, msg.counts, tensors)
 
-    async def commit(migration_id: str, state: MigrationState, counts: list[int] = (), buffers: list[dict] = ()) -> bool:
+    async def commit(msg: Commit, buffers: list[dict] = ()) -> bool:
         tensors = [decode_buffer(b) for b in buffers]
-        return await asyncio.to_thread(destination.commit, migration_id, state, counts, tensors)
+        return await asyncio.to_thread(destination.commit, msg.migration_id, msg.state, msg.counts, tensors)
 
-    async def abort(migration_id: str, reason: str = "") -> bool:
-        return await asyncio.to_thread(destination.abort, migration_id, reason)
+    async def abort(msg: AbortMigration) -> bool:
+        return await asyncio.to_thread(destination.abort, msg.migration_id, msg.reason)
 
-    async def enqueue(migration_id: str, request: Request) -> bool:
-        return await asyncio.to_thread(destination.enqueue, migration_id, request)
+    async def enqueue(msg: Enqueue) -> bool:
+        return await asyncio.to_thread(destination.enqueue, msg.migration_id, msg.request)
 
-    for name, handler in zip(HANDLER_NAMES, (reserve, blocks, commit, abort, enqueue)):
-        handler.__name__ = HANDLER_PREFIX + name
-        worker.handlers[HANDLER_PREFIX + name] = handler
+    worker.handlers.update(handlers((Reserve, reserve), (AbortMigration, abort), (Enqueue, enqueue)))
+    worker.handlers.update({m.op: handler(m, fn, extras=("buffers",)) for m, fn in ((SendBlocks, blocks), (Commit, commit))})
     worker._llumnix_migration_destination = destination  # for the NCCL handlers and introspection
     if reaper:
         destination.start_reaper()
@@ -210,8 +193,8 @@ def register_migration_handlers(worker: Any, destination: MigrationDestination, 
 
 def unregister_migration_handlers(worker: Any) -> None:
     """Remove the handlers and free every pre-allocation (the instance is shutting down)."""
-    for name in HANDLER_NAMES:
-        worker.handlers.pop(HANDLER_PREFIX + name, None)
+    for op in MIGRATION_OPS:
+        worker.handlers.pop(op, None)
     destination = getattr(worker, "_llumnix_migration_destination", None)
     if destination is not None:
         destination.close()

@@ -106,10 +106,6 @@ class InstanceLoad:
         )
 
     @property
-    def batch_size(self) -> int:
-        return self.num_running
-
-    @property
     def num_requests(self) -> int:
         return self.num_running + self.num_waiting
 

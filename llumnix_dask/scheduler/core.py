@@ -31,7 +31,8 @@ from llumnix_dask.policy import scaling as scaling_policy
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness, with_dispatched
 from llumnix_dask.request import Priority
 from llumnix_dask.scheduler import views
-from llumnix_dask.scheduler.stats import CountHistory, FinishedRequest, LatencyWindow
+from llumnix_dask.scheduler.stats import CountHistory, LatencyWindow
+from llumnix_dask.wire.scheduler_api import FinishedRequest
 
 NoInstanceAvailable = dispatch_policy.NoInstanceAvailable
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Iterable
 
 from llumnix_dask.request import Priority
+from llumnix_dask.wire.scheduler_api import FinishedRequest
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -37,22 +37,6 @@ def summarize(values: Iterable[float]) -> dict[str, float | int | None]:
         "p50": percentile(data, 50),
         "p99": percentile(data, 99),
     }
-
-
-@dataclass(frozen=True)
-class FinishedRequest:
-    """What the frontend reports about a request when it completes."""
-
-    request_id: str
-    priority: int
-    finish_time: float
-    ttft: float | None
-    tpot: float | None
-    e2e: float | None
-    num_output_tokens: int = 0
-    num_migrations: int = 0
-    finish_reason: str | None = None
-    slo_ttft_s: float | None = None
 
 
 class LatencyWindow:

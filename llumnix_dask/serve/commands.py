@@ -106,11 +106,14 @@ def _fetch_snapshot(url: str | None, scheduler: str | None, api_key: str | None)
 
         from distributed.core import rpc
 
-        async def call() -> dict:
-            async with rpc(scheduler) as r:
-                return await r.llumnix_snapshot()
+        from llumnix_dask.wire import call
+        from llumnix_dask.wire.scheduler_api import GetSnapshot
 
-        return asyncio.run(call())
+        async def snapshot() -> dict:
+            async with rpc(scheduler) as r:
+                return await call(r, GetSnapshot())
+
+        return asyncio.run(snapshot())
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

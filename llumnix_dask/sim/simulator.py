@@ -35,7 +35,7 @@ from llumnix_dask.engine.sim import SimEngine, SimSeq
 from llumnix_dask.policy.migration import NON_MIGRATING_POLICIES
 from llumnix_dask.request import Priority, Request, SamplingParams
 from llumnix_dask.scheduler.core import GlobalScheduler
-from llumnix_dask.scheduler.stats import FinishedRequest
+from llumnix_dask.wire.scheduler_api import FinishedRequest
 from llumnix_dask.sim.metrics import SimResult, _plain, build_result
 from llumnix_dask.sim.migration import MigrationModel
 from llumnix_dask.workloads import Trace

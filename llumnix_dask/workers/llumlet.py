@@ -7,11 +7,8 @@ frontend that sent each request, and pushes the instance's load to the global sc
 
 Token messages carry the index of their first token in the request's output, so a frontend that hears
 from two instances around a live migration (the source's last tokens and the destination's first ones)
-can put them in order and drop duplicates. Message format (one dict per request per step)::
-
-    {"rid": request id, "i": index of the first token, "ids": [token ids], "text": detokenized delta,
-     "done": finished?, "reason": finish reason or None, "inst": instance id}
-    {"rid": request id, "error": "why the request failed", "inst": instance id}
+can put them in order and drop duplicates: one :class:`~llumnix_dask.wire.frontend_api.TokenMessage` per
+request per step (with ``error`` set when the request failed here).
 """
 
 from __future__ import annotations
@@ -28,6 +25,8 @@ from llumnix_dask.engine.base import EngineBackend, MigrationState
 from llumnix_dask.engine.fair_lock import FairLock
 from llumnix_dask.policy.load import InstanceLoad
 from llumnix_dask.request import Request
+from llumnix_dask.wire.frontend_api import TokenMessage
+from llumnix_dask.wire.worker_api import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class Llumlet:
     def wake(self) -> None:
         self._wake.set()
 
-    def replay(self, request_id: str, start: int) -> dict:
+    def replay(self, request_id: str, start: int) -> Progress:
         """Output tokens ``start, start+1, ...`` of a request held here or finished here recently.
 
         A frontend asks when a token message never arrived (a bounded wait, then this): the request's output
@@ -150,11 +149,11 @@ class Llumlet:
             recent = self._recent.get(request_id)
         if stream is not None:
             ids = list(stream.request.output_token_ids[start:stream.next_index])  # what was sent so far
-            return {"status": "OK", "start": start, "ids": ids, "done": False, "reason": None}
+            return Progress(start=start, ids=ids, instance_id=self.instance_id)
         if recent is None:
-            return {"status": "unknown"}
+            return Progress(status="unknown")
         ids, reason = recent
-        return {"status": "OK", "start": start, "ids": list(ids[start:]), "done": True, "reason": reason}
+        return Progress(start=start, ids=list(ids[start:]), done=True, reason=reason, instance_id=self.instance_id)
 
     def load(self) -> InstanceLoad:
         load = self.engine.load()
@@ -209,7 +208,7 @@ class Llumlet:
                     self._finish_aborted(rid)
 
     def _emit(self, outputs: list) -> None:
-        by_frontend: dict[str, list[dict]] = {}
+        by_frontend: dict[str, list[TokenMessage]] = {}
         with self._lock:
             for out in outputs:
                 rid = out.request_id
@@ -226,17 +225,9 @@ class Llumlet:
                         self._recent.popitem(last=False)
                 if not stream.frontend:
                     continue
-                by_frontend.setdefault(stream.frontend, []).append(
-                    {
-                        "rid": rid,
-                        "i": start,
-                        "ids": list(out.new_token_ids),
-                        "text": out.text_delta,
-                        "done": bool(out.finished),
-                        "reason": out.finish_reason,
-                        "inst": self.instance_id,
-                    }
-                )
+                by_frontend.setdefault(stream.frontend, []).append(TokenMessage(
+                    rid, self.instance_id, start, list(out.new_token_ids), out.text_delta, bool(out.finished),
+                    out.finish_reason))
         if by_frontend:
             self._call(self._send_tokens, by_frontend)
 
@@ -253,15 +244,14 @@ class Llumlet:
         with self._lock:
             stream = self._streams.pop(rid, None)
         if stream is not None and stream.frontend:
-            msg = {"rid": rid, "error": message, "inst": self.instance_id}
+            msg = TokenMessage(rid, self.instance_id, stream.next_index, error=message)
             self._call(self._send_tokens, {stream.frontend: [msg]})
 
     def _finish_aborted(self, rid: str) -> None:
         with self._lock:
             stream = self._streams.pop(rid, None)
         if stream is not None and stream.frontend:
-            msg = {"rid": rid, "i": stream.next_index, "ids": [], "text": "", "done": True, "reason": "abort",
-                   "inst": self.instance_id}
+            msg = TokenMessage(rid, self.instance_id, stream.next_index, [], "", True, "abort")
             self._call(self._send_tokens, {stream.frontend: [msg]})
 
     def _fail_all(self, message: str) -> None:

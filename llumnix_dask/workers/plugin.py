@@ -1,16 +1,9 @@
 """InstanceWorkerPlugin: turns a Dask worker into one engine instance of the llumnix cluster.
 
 On setup the plugin pins the worker to a GPU (one instance per GPU; CPU when there is none), builds the
-engine in a thread, starts the :class:`~llumnix_dask.workers.llumlet.Llumlet` step loop, adds the worker
-handlers below and registers the instance with the global scheduler.
-
-================================ ===========================================================================
-``llumnix_add_request``          queue a Request; its tokens stream to the ``frontend`` address
-``llumnix_abort``                abort a request (client went away)
-``llumnix_migrate_out``          (from the global scheduler) migrate one request to another instance
-``llumnix_engine_load``          the engine's current InstanceLoad
-``llumnix_request_tokens``       output tokens of requests from an index on (a frontend's health check)
-================================ ===========================================================================
+engine in a thread, starts the :class:`~llumnix_dask.workers.llumlet.Llumlet` step loop, serves the messages
+of :mod:`llumnix_dask.wire.worker_api` (add and abort requests, migrate one out, replay tokens) and registers
+the instance with the global scheduler.
 
 plus the live-migration endpoints of :mod:`llumnix_dask.migration` (destination side).
 
@@ -27,14 +20,15 @@ import time
 from typing import Any, Callable
 
 from distributed.diagnostics.plugin import WorkerPlugin
-from distributed.protocol import to_serialize
 
 from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig
 from llumnix_dask.policy.load import InstanceLoad
 from llumnix_dask.request import Request
-from llumnix_dask.scheduler.wire import pack, unpack
+from llumnix_dask.wire import call, handlers, stream_message
+from llumnix_dask.wire import scheduler_api as scheduler
+from llumnix_dask.wire import worker_api as api
 from llumnix_dask.workers.llumlet import Llumlet
-from llumnix_dask.workers.streams import TokenStreams
+from llumnix_dask.workers.streams import FrontendStreams
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +148,7 @@ class InstanceWorkerPlugin(WorkerPlugin):
         self.worker = None
         self.engine = None
         self.llumlet: Llumlet | None = None
-        self.streams: TokenStreams | None = None
+        self.streams: FrontendStreams | None = None
         self.instance_id: str | None = None
         self.device: str | None = None
         self.migration_available = False
@@ -165,7 +159,7 @@ class InstanceWorkerPlugin(WorkerPlugin):
         self.worker = worker
         self.instance_id = instance_id_for(worker)
         try:  # unique across restarts of this worker
-            self.instance_id = await worker.scheduler.llumnix_claim_instance_id(base=self.instance_id)
+            self.instance_id = await call(worker.scheduler, scheduler.ClaimInstanceId(base=self.instance_id), str)
         except Exception:  # a scheduler without the global scheduler plugin yet: keep the base id
             logger.debug("could not claim an instance id; using %s", self.instance_id)
         self.device = pin_gpu(worker.name, self.gpu_count)
@@ -174,7 +168,7 @@ class InstanceWorkerPlugin(WorkerPlugin):
         self.engine = await asyncio.to_thread(factory, self.engine_config, self.instance_id)
         build_s = time.perf_counter() - start
         loop = asyncio.get_running_loop()
-        self.streams = TokenStreams(connection_args=worker.connection_args)
+        self.streams = FrontendStreams(connection_args=worker.connection_args)
         self.llumlet = Llumlet(
             self.engine,
             loop=loop,
@@ -182,38 +176,29 @@ class InstanceWorkerPlugin(WorkerPlugin):
             report_load=self._report_load,
             load_report_interval_s=self.load_report_interval_s,
         )
-        worker.handlers.update(
-            {
-                "llumnix_add_request": self.add_request,
-                "llumnix_abort": self.abort,
-                "llumnix_migrate_out": self.migrate_out,
-                "llumnix_engine_load": self.engine_load,
-                "llumnix_request_tokens": self.request_tokens,
-            }
-        )
+        worker.handlers.update(handlers(
+            (api.AddRequest, self.add_request),
+            (api.AbortRequest, self.abort),
+            (api.MigrateOut, self.migrate_out),
+            (api.RequestTokens, self.request_tokens),
+        ))
         self._register_migration_endpoints(worker)
         self.llumlet.start()
-        info = {
-            "backend": self.engine_config.backend,
-            "model": self.engine_config.model or "built-in tiny model",
-            "device": f"cuda ({self.device})" if self.device else "cpu",
-            "block_size": getattr(self.engine, "block_size", self.engine_config.block_size),
-            "num_blocks": getattr(self.engine, "num_blocks", None),
-            # The longest prompt + output this engine serves: frontends refuse longer requests up front.
-            "max_model_len": getattr(self.engine, "max_seq_len", None) or getattr(self.engine, "max_model_len", None),
-            "build_s": round(build_s, 3),
-            "migration": self.migration_available,
-            # Free blocks this instance keeps when it takes a migrating request: the scheduler plans by it.
-            "migration_watermark_blocks": self.migration_config.dst_watermark_blocks,
-        }
-        await worker.scheduler.llumnix_register_instance(
-            instance_id=self.instance_id,
-            address=worker.address,
-            name=worker.name,
-            load=pack(self.llumlet.load()),
-            info=info,
+        info = scheduler.InstanceInfo(
+            backend=self.engine_config.backend,
+            model=self.engine_config.model or "built-in tiny model",
+            device=f"cuda ({self.device})" if self.device else "cpu",
+            block_size=getattr(self.engine, "block_size", self.engine_config.block_size),
+            num_blocks=getattr(self.engine, "num_blocks", None),
+            max_model_len=getattr(self.engine, "max_seq_len", None) or getattr(self.engine, "max_model_len", None),
+            build_s=round(build_s, 3),
+            migration=self.migration_available,
+            migration_watermark_blocks=self.migration_config.dst_watermark_blocks,
         )
-        logger.info("llumnix instance %s ready on %s (%s)", self.instance_id, worker.address, info["device"])
+        await call(worker.scheduler, scheduler.RegisterInstance(
+            instance_id=self.instance_id, address=worker.address, name=worker.name, load=self.llumlet.load(),
+            info=info))
+        logger.info("llumnix instance %s ready on %s (%s)", self.instance_id, worker.address, info.device)
 
     async def teardown(self, worker: Any) -> None:
         if self.migration_available:
@@ -242,74 +227,64 @@ class InstanceWorkerPlugin(WorkerPlugin):
         worker = self.worker
         if worker is None or worker.batched_stream is None:
             return
-        worker.batched_send({"op": "llumnix_instance_load", "load": pack(load)})
+        worker.batched_send(stream_message(scheduler.LoadReport(load=load)))
 
     # -- handlers ------------------------------------------------------------------------------------
-    def add_request(self, request: Request, frontend: str | None = None) -> dict:
+    def add_request(self, msg: api.AddRequest) -> api.Added:
         if self.llumlet is None or not self.llumlet.alive:
-            return {"status": "error", "error": f"instance {self.instance_id} is not running"}
-        self.llumlet.add_request(request, frontend)
-        return {"status": "OK", "instance_id": self.instance_id}
+            return api.Added(status="error", error=f"instance {self.instance_id} is not running")
+        self.llumlet.add_request(msg.request, msg.frontend)
+        return api.Added(instance_id=self.instance_id)
 
-    def abort(self, request_id: str) -> dict:
+    def abort(self, msg: api.AbortRequest) -> api.Ack:
         if self.llumlet is not None:
-            self.llumlet.abort(request_id)
-        return {"status": "OK"}
+            self.llumlet.abort(msg.request_id)
+        return api.Ack()
 
-    def engine_load(self) -> InstanceLoad:
-        return to_serialize(self.llumlet.load())
-
-    def request_tokens(self, requests: list[dict]) -> list[dict]:
-        """For each ``{"request_id", "start"}``: the output tokens from ``start`` on that this instance has
-        sent, or ``{"status": "unknown"}`` if it does not hold the request."""
+    def request_tokens(self, msg: api.RequestTokens) -> list[api.Progress]:
+        """For each query: the output tokens from ``start`` on that this instance has sent, or ``unknown``
+        if it does not hold the request."""
         if self.llumlet is None:
-            return [{"status": "unknown"} for _ in requests]
-        return [{**self.llumlet.replay(r["request_id"], int(r.get("start", 0))), "instance_id": self.instance_id}
-                for r in requests]
+            return [api.Progress(status="unknown") for _ in msg.requests]
+        return [self.llumlet.replay(q.request_id, q.start) for q in msg.requests]
 
-    async def migrate_out(
-        self,
-        request_id: str | None = None,
-        dst_address: str | None = None,
-        dst_instance_id: str | None = None,
-        dst_load: InstanceLoad | None = None,
-        reason: str = "",
-        policy: PolicyConfig | None = None,
-    ) -> dict:
+    async def migrate_out(self, msg: api.MigrateOut) -> api.MigrationReport:
         """Source side of one live migration, ordered by the global scheduler."""
+        request_id = msg.request_id
         if not self.migration_available:
-            return {"ok": False, "request_id": request_id, "reason": "live migration is not available"}
+            return api.MigrationReport(request_id=request_id, reason="live migration is not available")
         if request_id is None:
             from llumnix_dask.policy.migration import select_request
 
-            if dst_load is None:
-                return {"ok": False, "request_id": None, "reason": "no destination load to choose a request"}
-            chosen = select_request(self.llumlet.load(), unpack(dst_load), unpack(policy) or PolicyConfig(),
+            if msg.dst_load is None:
+                return api.MigrationReport(reason="no destination load to choose a request")
+            chosen = select_request(self.llumlet.load(), msg.dst_load, msg.policy or PolicyConfig(),
                                     self.migration_config.dst_watermark_blocks)
             if chosen is None:
-                return {"ok": False, "request_id": None, "reason": "no request to migrate"}
+                return api.MigrationReport(reason="no request to migrate")
             request_id = chosen.request_id
         from llumnix_dask.migration import DaskEndpoint, migrate_out
 
-        endpoint = DaskEndpoint(dst_address, rpc=self.worker.rpc, name=dst_instance_id)
+        endpoint = DaskEndpoint(msg.dst_address, rpc=self.worker.rpc, name=msg.dst_instance_id)
         self.llumlet.migrations_in_flight += 1
         start = time.perf_counter()
         try:
-            result = await migrate_out(
-                self.llumlet.migration_engine, request_id, endpoint, self.migration_config
-            )
+            result = await migrate_out(self.llumlet.migration_engine, request_id, endpoint, self.migration_config)
         except Exception as exc:
-            logger.exception("migration of %s to %s failed", request_id, dst_address)
-            return {"ok": False, "request_id": request_id, "reason": f"{type(exc).__name__}: {exc}"}
+            logger.exception("migration of %s to %s failed", request_id, msg.dst_address)
+            return api.MigrationReport(request_id=request_id, reason=f"{type(exc).__name__}: {exc}")
         finally:
             self.llumlet.migrations_in_flight -= 1
             self.llumlet.wake()
-        out = _result_dict(result)
-        out.setdefault("request_id", request_id)
-        out.setdefault("duration_s", time.perf_counter() - start)
-        if out.get("ok"):
+        if result.ok:
             self.llumlet.forget(request_id)
-        return out
+        return api.MigrationReport(
+            ok=result.ok, request_id=result.request_id or request_id, reason=result.outcome,
+            migration_id=result.migration_id, src=result.src, dst=result.dst, downtime_s=result.downtime_s,
+            total_s=result.total_s, duration_s=time.perf_counter() - start, num_kv_tokens=result.num_kv_tokens,
+            resume_index=result.resume_index, queued=result.queued, num_stages=len(result.stages),
+            blocks=result.blocks, bytes=result.bytes,
+        )
 
 
 def _leave_interrupts_to_the_parent() -> None:
@@ -327,15 +302,3 @@ def _make_destination(engine: Any, config: MigrationConfig) -> Any:
     from llumnix_dask.migration import MigrationDestination
 
     return MigrationDestination(engine, config)
-
-
-def _result_dict(result: Any) -> dict:
-    """MigrationResult -> a plain dict for the scheduler's migration log (scalars + stage count)."""
-    out = {
-        k: v for k, v in result.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))
-    }
-    out["reason"] = result.outcome
-    out["num_stages"] = len(result.stages)
-    out["blocks"] = result.blocks
-    out["bytes"] = result.bytes
-    return out

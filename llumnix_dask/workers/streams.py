@@ -1,8 +1,9 @@
 """Token streams from a worker straight to frontends, one batched Dask comm per frontend.
 
-The frontend runs a tiny Dask ``Server`` with a ``llumnix_token_stream`` handler; the worker opens one comm
-to it and writes batches of token messages through a ``BatchedSend`` (a few ms of coalescing, order kept).
-A dead frontend only drops its own messages; the next message to it reconnects.
+The frontend runs a tiny Dask ``Server`` with the handler that reads a token stream
+(:mod:`llumnix_dask.wire.frontend_api`); the worker opens one comm to it and writes
+:class:`~llumnix_dask.wire.frontend_api.TokenBatch` messages through a ``BatchedSend`` (a millisecond of
+coalescing, order kept). A dead frontend only drops its own messages; the next message to it reconnects.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from typing import Any
 from distributed.batched import BatchedSend
 from distributed.comm import connect
 
+from llumnix_dask.wire import stream_message
+from llumnix_dask.wire.frontend_api import OPEN_TOKEN_STREAM_OP, TokenBatch, TokenMessage
+
 logger = logging.getLogger(__name__)
 
-TOKEN_STREAM_OP = "llumnix_token_stream"  # handler on the frontend's server that reads the stream
-TOKEN_MESSAGE_OP = "llumnix_tokens"  # stream handler for each batch
 
-
-class TokenStreams:
-    """Per-frontend batched sends. Use from the event loop only."""
+class FrontendStreams:
+    """Per-frontend batched sends of token messages. Use from the event loop only."""
 
     def __init__(self, connection_args: dict | None = None, interval: str = "1ms") -> None:
         self._connection_args = connection_args or {}
@@ -29,13 +30,13 @@ class TokenStreams:
         self._streams: dict[str, BatchedSend] = {}
         self._connecting: dict[str, asyncio.Task] = {}
 
-    def send(self, by_frontend: dict[str, list[dict]]) -> None:
+    def send(self, by_frontend: dict[str, list[TokenMessage]]) -> None:
         for address, messages in by_frontend.items():
             stream = self._streams.get(address)
             if stream is None or stream.closed():
                 stream = self._open(address)
             try:
-                stream.send({"op": TOKEN_MESSAGE_OP, "messages": messages})
+                stream.send(stream_message(TokenBatch(messages=messages)))
             except Exception:  # CommClosedError: the frontend went away
                 logger.info("token stream to %s closed; dropping %d messages", address, len(messages))
                 self._streams.pop(address, None)
@@ -49,7 +50,7 @@ class TokenStreams:
     async def _connect(self, address: str, stream: BatchedSend) -> None:
         try:
             comm = await connect(address, **self._connection_args)
-            await comm.write({"op": TOKEN_STREAM_OP, "reply": False})
+            await comm.write({"op": OPEN_TOKEN_STREAM_OP, "reply": False})
             stream.start(comm)  # flushes what was buffered while connecting
         except Exception as exc:
             logger.warning("cannot open a token stream to frontend %s: %s", address, exc)
@@ -72,4 +73,4 @@ class TokenStreams:
         return len(self._streams)
 
     def __repr__(self) -> Any:
-        return f"<TokenStreams to {len(self._streams)} frontends>"
+        return f"<FrontendStreams to {len(self._streams)} frontends>"

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from llumnix_dask.client.dispatch import DispatchClient
+from llumnix_dask.wire import pack, unpack
+from llumnix_dask.wire.scheduler_api import DispatchBatch, Placement
 
 
 class FakeScheduler:
@@ -14,12 +16,13 @@ class FakeScheduler:
         self.batches: list[int] = []
         self.fail = fail
 
-    async def llumnix_dispatch_batch(self, requests):
+    async def llumnix_dispatch_batch(self, msg):
+        requests = unpack(DispatchBatch, msg).requests
         self.batches.append(len(requests))
         await asyncio.sleep(0.01)  # a round trip
         if self.fail:
             raise OSError("scheduler unreachable")
-        return [{"status": "OK", "instance_id": f"i-{r['request_id']}"} for r in requests]
+        return pack([Placement(instance_id=f"i-{r.request_id}") for r in requests])
 
 
 def test_a_burst_shares_round_trips_and_each_caller_gets_its_own_reply():
@@ -32,8 +35,8 @@ def test_a_burst_shares_round_trips_and_each_caller_gets_its_own_reply():
         return alone, burst
 
     alone, burst = asyncio.run(main())
-    assert alone["instance_id"] == "i-solo" and sched.batches[0] == 1
-    assert [b["instance_id"] for b in burst] == [f"i-r{i}" for i in range(50)]
+    assert alone.instance_id == "i-solo" and sched.batches[0] == 1
+    assert [b.instance_id for b in burst] == [f"i-r{i}" for i in range(50)]
     assert len(sched.batches) - 1 < 50 and sum(sched.batches) == 51
 
 
@@ -55,4 +58,4 @@ def test_the_client_recovers_after_a_failure():
         sched.fail = False
         return await client.dispatch("b", 1)
 
-    assert asyncio.run(main())["instance_id"] == "i-b"
+    assert asyncio.run(main()).instance_id == "i-b"

@@ -8,11 +8,13 @@ from llumnix_dask.request import Request, SamplingParams
 from llumnix_dask.client.errors import RequestFailed
 from llumnix_dask.client.frontend import Frontend
 from llumnix_dask.client.records import RequestHandle
+from llumnix_dask.wire import unpack
+from llumnix_dask.wire.frontend_api import TokenMessage
+from llumnix_dask.wire.scheduler_api import AbortWhere
 
 
 def msg(i, ids, inst="a", done=False):
-    return {"rid": "r", "i": i, "ids": ids, "text": "".join(f"<{t}>" for t in ids), "done": done,
-            "reason": "length" if done else None, "inst": inst}
+    return TokenMessage("r", inst, i, ids, "".join(f"<{t}>" for t in ids), done, "length" if done else None)
 
 
 def drain(handle):
@@ -39,7 +41,7 @@ def test_destination_tokens_that_overtake_the_source_wait_their_turn():
     assert [c.index for c in chunks] == [2, 3, 4] and chunks[-1].finished
     assert handle.token_ids == [10, 11, 12, 13, 14] and handle.instances == ["a", "b"]
     assert fe.completion(handle).text == "<10><11><12><13><14>"
-    assert "r" not in fe._active and fe._finished_reports[0]["num_migrations"] == 1
+    assert "r" not in fe._active and fe._finished_reports[0].num_migrations == 1
 
 
 def test_duplicates_are_dropped_and_partial_overlaps_trimmed():
@@ -51,7 +53,7 @@ def test_duplicates_are_dropped_and_partial_overlaps_trimmed():
 
 def test_an_instance_error_fails_the_request():
     fe, handle = make()
-    fe._on_tokens([{"rid": "r", "error": "ValueError: too long", "inst": "a"}])
+    fe._on_tokens([TokenMessage("r", "a", 0, error="ValueError: too long")])
     item = handle.queue.get_nowait()
     assert isinstance(item, RequestFailed) and "too long" in str(item)
     fe._on_tokens([msg(0, [10])])  # late tokens of a failed request are ignored
@@ -62,8 +64,8 @@ class _Scheduler:
     def __init__(self):
         self.calls = []
 
-    async def llumnix_abort(self, **kw):
-        self.calls.append(kw)
+    async def llumnix_abort(self, msg):
+        self.calls.append(unpack(AbortWhere, msg))
         return {"status": "OK"}
 
 
@@ -85,7 +87,7 @@ def test_a_second_live_copy_is_stopped_and_its_abort_does_not_end_the_request():
         fe._on_tokens([msg(1, [11], inst="a")])  # ... but a resumed its own copy: b's copy is told to stop
         fe._on_tokens([msg(3, [13], inst="b")])  # whatever the stopped copy still sends is ignored
         await asyncio.sleep(0)
-        fe._on_tokens([{"rid": "r", "i": 4, "ids": [], "text": "", "done": True, "reason": "abort", "inst": "b"}])
+        fe._on_tokens([TokenMessage("r", "b", 4, [], "", True, "abort")])
         assert not handle.finished
         fe._on_tokens([msg(2, [12], inst="a"), msg(3, [13], inst="a"), msg(4, [14], inst="a", done=True)])
         return handle, fe.scheduler.calls
@@ -94,7 +96,7 @@ def test_a_second_live_copy_is_stopped_and_its_abort_does_not_end_the_request():
     chunks = drain(handle)
     assert [t for c in chunks for t in c.token_ids] == [10, 11, 12, 13, 14] and chunks[-1].finished
     assert handle.finish_reason == "length" and handle.instances == ["a", "b", "a"]
-    assert calls == [{"request_id": "r", "instance_id": "b", "survivor": "a"}]
+    assert calls == [AbortWhere(request_id="r", instance_id="b", survivor="a")]
 
 
 def test_a_late_destination_copy_is_stopped_too():
@@ -113,4 +115,4 @@ def test_a_late_destination_copy_is_stopped_too():
 
     handle, calls = asyncio.run(scenario())
     assert [t for c in drain(handle) for t in c.token_ids] == [10, 11, 12] and handle.finish_reason == "length"
-    assert calls == [{"request_id": "r", "instance_id": "b", "survivor": "a"}]
+    assert calls == [AbortWhere(request_id="r", instance_id="b", survivor="a")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llumnix_dask.client.token_order import TokenOrder, msg
+from llumnix_dask.wire.frontend_api import TokenMessage
 
 
 def tokens(accepted):
@@ -15,7 +16,7 @@ def test_a_gap_holds_later_messages_and_reports_its_age():
     assert tokens(order.accept(msg(2, [12], "b"), now=1.0)) == []  # index 1 never came (yet)
     assert order.gap_age(3.5) == 2.5 and order.newest_sender() == "b"
     # A replay from the holder fills the gap (text unknown: the frontend decodes it), then 12 follows.
-    out = order.accept({"i": 1, "ids": [11], "text": None, "done": False, "reason": None, "inst": "b"}, now=4.0)
+    out = order.accept(TokenMessage("r", "b", 1, [11], None), now=4.0)
     assert tokens(out) == [11, 12] and out.chunks[0].text is None
     assert order.gap_age(10.0) == 0.0 and order.next_index == 3
 
@@ -23,8 +24,7 @@ def test_a_gap_holds_later_messages_and_reports_its_age():
 def test_a_replay_that_overlaps_what_was_delivered_is_trimmed():
     order = TokenOrder()
     order.accept(msg(0, [10, 11], "a"), now=0.0)
-    out = order.accept({"i": 0, "ids": [10, 11, 12, 13], "text": None, "done": True, "reason": "length", "inst": "a"},
-                       now=1.0)
+    out = order.accept(TokenMessage("r", "a", 0, [10, 11, 12, 13], None, True, "length"), now=1.0)
     assert tokens(out) == [12, 13] and out.chunks[-1].finished and order.finish_reason == "length"
 
 

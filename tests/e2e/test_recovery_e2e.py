@@ -117,8 +117,7 @@ def test_an_instance_killed_mid_migration_loses_nothing(cluster, references):
         src = streams.chunks[0][-1].instance_id
         dst = next(i for i in cluster.instances().index if i != src)
         pid = pids[src if side == "source" else dst]
-        migration = threading.Thread(target=lambda: cluster._scheduler_call("llumnix_migrate", request_id=rid,
-                                                                             dst=dst), daemon=True)
+        migration = threading.Thread(target=lambda: cluster.migrate(rid, dst=dst), daemon=True)
         migration.start()
         os.kill(pid, signal.SIGKILL)  # somewhere in the migration: before, during or after its stages
         migration.join(120)

@@ -7,7 +7,7 @@ from fake_engine import FakeEngine
 
 from llumnix_dask.engine.base import EngineBackend
 from llumnix_dask.migration import InProcessEndpoint, MigrationDestination, migrate_out
-from llumnix_dask.migration.harness import EngineRunner, TokenStreams
+from engine_runner import EngineRunner, RecordedStreams
 from llumnix_dask.request import Request, SamplingParams
 
 
@@ -24,7 +24,7 @@ def test_fake_backend_migrates_bit_identically_without_leaks():
 
     a, b = FakeEngine("a", step_seconds=0.002), FakeEngine("b", step_seconds=0.002)
     assert isinstance(a, EngineBackend)
-    streams = TokenStreams()
+    streams = RecordedStreams()
     runners = [EngineRunner(a, streams), EngineRunner(b, streams)]
     req = _request()
     runners[0].add(req)

@@ -14,7 +14,7 @@ import pytest
 from migration_helpers import ENGINE, FAST, free_blocks, make_request, run
 
 from llumnix_dask.migration import InProcessEndpoint, MigrationDestination, migrate_out
-from llumnix_dask.migration.harness import EngineRunner, TokenStreams
+from engine_runner import EngineRunner, RecordedStreams
 from llumnix_dask.request import Request, RequestStatus, SamplingParams
 
 TIMEOUT = 60.0
@@ -27,7 +27,7 @@ class Pair:
         self.config = config
         self.engines = {"a": make_engine("a"), "b": make_engine("b")}
         self.free0 = {k: free_blocks(e) for k, e in self.engines.items()}
-        self.streams = TokenStreams()
+        self.streams = RecordedStreams()
         self.runners = {k: EngineRunner(e, self.streams) for k, e in self.engines.items()}
         self.dst = {k: MigrationDestination(e, config) for k, e in self.engines.items()}
 

@@ -7,13 +7,13 @@ import torch
 from migration_helpers import FAST, engine_config, free_blocks, make_request
 
 from llumnix_dask.migration import DaskEndpoint, MigrationDestination, migrate_out, register_migration_handlers
-from llumnix_dask.migration.harness import EngineRunner, TokenStreams
+from engine_runner import EngineRunner, RecordedStreams
 from llumnix_dask.migration.transport import decode_buffer, encode_buffer
 
 # The workers live in this process (processes=False) but talk over real TCP comm servers, so every
 # stage goes through distributed's serialization and sockets; one token stream object records both
 # (a fresh one per test: the backends run the same request ids).
-STREAMS = TokenStreams()
+STREAMS = RecordedStreams()
 
 
 def start_instance(config, dask_worker):
@@ -54,7 +54,7 @@ def test_migration_between_two_dask_workers_is_bit_identical(backend, reference)
     from distributed import Client, LocalCluster
 
     global STREAMS
-    STREAMS = TokenStreams()
+    STREAMS = RecordedStreams()
     with LocalCluster(n_workers=2, processes=False, protocol="tcp://", threads_per_worker=1,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         a, b = sorted(client.scheduler_info()["workers"])

@@ -20,7 +20,7 @@ def start_gpu_instance(dask_worker):
     from llumnix_dask.config import EngineConfig
     from llumnix_dask.engine import create_engine
     from llumnix_dask.migration import MigrationDestination, register_migration_handlers
-    from llumnix_dask.migration.harness import EngineRunner
+    from engine_runner import EngineRunner
     from llumnix_dask.migration.nccl import NcclPeers
 
     index = int(dask_worker.name) % 2

@@ -78,16 +78,15 @@ def test_panel_dropdown_changes_the_scheduler_policy(cluster):
     panel = cluster.panel()
     assert panel.dispatch.value == "llumnix"
     panel.dispatch.value = "infaas"
-    policy = cluster._scheduler_call("llumnix_get_policy")
-    assert policy["dispatch"] == "infaas"
+    assert cluster.policy.dispatch == "infaas"  # asked of the scheduler
     assert "applied" in panel.status.value
 
     panel.migration_thresholds.value = (5.0, 80.0)
-    policy = cluster._scheduler_call("llumnix_get_policy")
-    assert (policy["migrate_out_freeness"], policy["migrate_in_freeness"]) == (5.0, 80.0)
+    policy = cluster.policy
+    assert (policy.migrate_out_freeness, policy.migrate_in_freeness) == (5.0, 80.0)
 
     panel.ttft_slo_high_s.value = 0.25
-    assert cluster._scheduler_call("llumnix_get_policy")["ttft_slo_high_s"] == 0.25
+    assert cluster.policy.ttft_slo_high_s == 0.25
 
     panel.dispatch.value = "llumnix"
     assert cluster.policy.dispatch == "llumnix"
@@ -95,11 +94,11 @@ def test_panel_dropdown_changes_the_scheduler_policy(cluster):
 
 def test_panel_shows_a_rejected_value_and_keeps_the_running_policy(cluster):
     panel = cluster.panel()
-    before = cluster._scheduler_call("llumnix_get_policy")
+    before = cluster.policy
     panel.ttft_slo_s.value = -1.0  # the scheduler's PolicyConfig validation rejects it
     assert "rejected" in panel.status.value and "ttft_slo_s" in panel.status.value
-    assert cluster._scheduler_call("llumnix_get_policy") == before
-    assert panel.ttft_slo_s.value == float(before["ttft_slo_s"] or 0.0)  # the widget shows what runs
+    assert cluster.policy == before
+    assert panel.ttft_slo_s.value == float(before.ttft_slo_s or 0.0)  # the widget shows what runs
 
 
 def test_live_view_shows_every_instance_and_stops_on_request(cluster):

@@ -11,12 +11,13 @@ from toy_engine import FakeEngine
 from llumnix_dask.engine.base import MigrationState
 from llumnix_dask.request import Request, SamplingParams
 from llumnix_dask.workers.llumlet import FRONTEND_KEY, Llumlet
+from llumnix_dask.wire.frontend_api import TokenMessage
 from llumnix_dask.workers.plugin import pin_gpu
 
 
 async def run_llumlet(engine, body, **kw):
     loop = asyncio.get_running_loop()
-    sent: list[tuple[str, dict]] = []
+    sent: list[tuple[str, TokenMessage]] = []
     loads = []
     llumlet = Llumlet(
         engine,
@@ -42,11 +43,11 @@ async def until(cond, timeout=10.0):
 def test_tokens_stream_in_order_with_indices_and_a_final_message():
     async def body(llumlet, sent, loads):
         llumlet.add_request(Request.new([1, 2], SamplingParams(max_tokens=5), request_id="r"), "tcp://fe:1")
-        await until(lambda: any(m.get("done") for _, m in sent))
+        await until(lambda: any(m.finished for _, m in sent))
         msgs = [m for f, m in sent if f == "tcp://fe:1"]
-        assert [m["i"] for m in msgs] == [0, 1, 2, 3, 4]
-        assert [m["ids"][0] for m in msgs] == [(3 + 7 * k) % 1000 for k in range(5)]
-        assert msgs[-1]["reason"] == "length" and msgs[-1]["inst"] == "i0"
+        assert [m.index for m in msgs] == [0, 1, 2, 3, 4]
+        assert [m.token_ids[0] for m in msgs] == [(3 + 7 * k) % 1000 for k in range(5)]
+        assert msgs[-1].finish_reason == "length" and msgs[-1].instance_id == "i0"
         await until(lambda: loads and loads[-1].num_requests == 0)  # idle is reported at once
 
     asyncio.run(run_llumlet(FakeEngine("i0"), body))
@@ -56,7 +57,7 @@ def test_a_request_the_engine_rejects_gets_an_error_message():
     async def body(llumlet, sent, loads):
         llumlet.add_request(Request.new([1] * 2000, SamplingParams(max_tokens=5), request_id="big"), "tcp://fe:1")
         await until(lambda: sent)
-        assert sent[0][1]["rid"] == "big" and "longer than 1000" in sent[0][1]["error"]
+        assert sent[0][1].request_id == "big" and "longer than 1000" in sent[0][1].error
 
     asyncio.run(run_llumlet(FakeEngine("i0"), body))
 
@@ -66,7 +67,7 @@ def test_abort_stops_the_request_and_tells_the_frontend():
         llumlet.add_request(Request.new([1], SamplingParams(max_tokens=10_000), request_id="r"), "tcp://fe:1")
         await until(lambda: len(sent) >= 3)
         llumlet.abort("r")
-        await until(lambda: sent[-1][1].get("reason") == "abort")
+        await until(lambda: sent[-1][1].finish_reason == "abort")
         assert not llumlet.engine.has_work()
 
     asyncio.run(run_llumlet(FakeEngine("i0", step_s=0.005), body))
@@ -81,8 +82,8 @@ def test_an_adopted_migrated_request_continues_its_stream_at_the_next_index():
         llumlet.adopt_migrated(MigrationState(req, num_kv_tokens=5, block_ids=[]))
         llumlet.engine.add_request(req)
         llumlet.wake()
-        await until(lambda: any(m.get("done") for _, m in sent))
-        assert [(f, m["i"]) for f, m in sent] == [("tcp://fe:2", 4), ("tcp://fe:2", 5)]
+        await until(lambda: any(m.finished for _, m in sent))
+        assert [(f, m.index) for f, m in sent] == [("tcp://fe:2", 4), ("tcp://fe:2", 5)]
 
     asyncio.run(run_llumlet(FakeEngine("i0"), body))
 

@@ -1,11 +1,11 @@
 """An engine in its own step-loop thread, recording every request's token stream.
 
-The smallest host for migration experiments without the full cluster (tests, benchmarks, notebooks);
-the llumlet (``llumnix_dask.workers``) is the production host. Runners that share one
-:class:`TokenStreams` record every request's tokens in the order the engines produced them, wherever
+The smallest host for migration experiments without the full cluster (the migration tests and
+``benchmarks/migration_downtime.py``); the llumlet (``llumnix_dask.workers``) is the production host. Runners
+that share one :class:`RecordedStreams` record every request's tokens in the order the engines produced them, wherever
 the request was, which is the stream a client sees across migrations::
 
-    streams = TokenStreams()
+    streams = RecordedStreams()
     a, b = EngineRunner(engine_a, streams), EngineRunner(engine_b, streams)
     a.add(request)
     streams.wait_for(lambda: len(streams.tokens(request.request_id)) >= 5, timeout=10)
@@ -23,7 +23,7 @@ from llumnix_dask.engine.base import EngineBackend, StepOutput
 from llumnix_dask.request import Request
 
 
-class TokenStreams:
+class RecordedStreams:
     """Token streams per request id, appended in production order by any number of runners."""
 
     def __init__(self) -> None:
@@ -80,12 +80,12 @@ class EngineRunner:
     def __init__(
         self,
         engine: EngineBackend,
-        streams: TokenStreams | None = None,
+        streams: RecordedStreams | None = None,
         *,
         on_step: Callable[[float, list[StepOutput]], None] | None = None,
     ):
         self.engine = engine
-        self.streams = streams if streams is not None else TokenStreams()
+        self.streams = streams if streams is not None else RecordedStreams()
         self._cond = threading.Condition()
         # Held over a step and the recording of its tokens, and by pause() of ``migration_engine``: a
         # request cannot leave between producing a token and that token being recorded, so a stream
@@ -147,7 +147,7 @@ class EngineRunner:
             with self._step_lock:
                 try:
                     outs = self.engine.step()
-                except BaseException as exc:  # noqa: BLE001 - surfaced by TokenStreams.wait_for
+                except BaseException as exc:  # noqa: BLE001 - surfaced by RecordedStreams.wait_for
                     self.error = exc
                     self.streams.fail(exc)
                     return
