@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["nano.kv_cache", "nano.sampling", "nano.engine", "detokenizer", "hf_files"]
+MODULES = ["nano.blocks", "nano.sampling", "nano.engine", "detokenizer", "hf_files"]
 
 
 @pytest.mark.parametrize("name", MODULES)

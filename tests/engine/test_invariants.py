@@ -13,7 +13,7 @@ from llumnix_dask.request import RequestStatus
 def check_blocks(engine) -> None:
     held = [b for s in engine.scheduler.running for b in s.block_ids]
     held += [b for s in engine._paused.values() for b in s.block_ids]
-    held += list(engine._reserved)
+    held += list(engine.blocks.reserved)
     assert len(held) == len(set(held)), "a block is owned twice"
     assert len(held) == engine.blocks.num_used
     assert all(not s.block_ids for s in engine.scheduler.waiting)

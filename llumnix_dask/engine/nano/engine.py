@@ -28,11 +28,12 @@ from llumnix_dask.engine.base import MigrationState, StepOutput
 from llumnix_dask.engine.nano.batch import SeqChunk, build_forward_batch
 from llumnix_dask.engine.detokenizer import IncrementalDetokenizer
 from llumnix_dask.engine.fair_lock import FairLock
-from llumnix_dask.engine.nano.kv_cache import BlockManager, PagedKVCache
+from llumnix_dask.engine.nano.blocks import NanoBlocks, RequestState
+from llumnix_dask.engine.nano.kv_cache import PagedKVCache
 from llumnix_dask.engine.nano.loader import load_checkpoint
 from llumnix_dask.engine.nano.model import NanoLlama
 from llumnix_dask.engine.nano.sampling import effective_seed, sample
-from llumnix_dask.engine.nano.scheduler import Scheduler, Sequence
+from llumnix_dask.engine.nano.scheduler import Scheduler
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad
 from llumnix_dask.request import Request, RequestStatus
 
@@ -80,12 +81,11 @@ class NanoEngine:
         self.cache = PagedKVCache(
             args.num_layers, self.num_blocks, self.block_size, args.num_kv_heads, args.head_dim, self.dtype, self.device
         )
-        self.blocks = BlockManager(self.num_blocks)
-        self.scheduler = Scheduler(self.blocks, self.block_size, config.max_batch_size, config.max_batched_tokens)
+        self.blocks = NanoBlocks(self.num_blocks, self.block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_batch_size, config.max_batched_tokens)
         self._lock = FairLock()
-        self._seqs: dict[str, Sequence] = {}  # every live request: queued, running or paused
-        self._paused: dict[str, Sequence] = {}
-        self._reserved: set[int] = set()
+        self._seqs: dict[str, RequestState] = {}  # every live request: queued, running or paused
+        self._paused: dict[str, RequestState] = {}
         # Tests set capture_logits to compare the engine's logits with a reference forward.
         self.capture_logits = False
         self.captured_logits: dict[str, list[torch.Tensor]] = {}
@@ -132,7 +132,7 @@ class NanoEngine:
     def add_request(self, request: Request) -> None:
         with self._lock:
             self._validate(request)
-            seq = Sequence(
+            seq = RequestState(
                 request,
                 seed=effective_seed(request.sampling, request.request_id, self.config.seed),
                 detok=self._new_detok(request),
@@ -150,7 +150,7 @@ class NanoEngine:
                 return False
             self._paused.pop(request_id, None)
             self.scheduler.remove(seq)
-            self._free_seq_blocks(seq)
+            self.blocks.release(seq)
             seq.request.finish_reason = "abort"
             seq.request.transition(RequestStatus.ABORTED, self.clock(), "aborted")
             return True
@@ -163,11 +163,6 @@ class NanoEngine:
         with self._lock:
             seq = self._seqs.get(request_id)
             return None if seq is None else seq.request
-
-    def _free_seq_blocks(self, seq: Sequence) -> None:
-        if seq.block_ids:
-            self.blocks.free(seq.block_ids)
-            seq.block_ids = []
 
     def step(self) -> list[StepOutput]:
         with self._lock, torch.inference_mode():
@@ -196,7 +191,7 @@ class NanoEngine:
             now = self.clock()
             return [self._append_token(seq, tok, now) for seq, tok in zip(sampled, token_ids)]
 
-    def _append_token(self, seq: Sequence, token: int, now: float) -> StepOutput:
+    def _append_token(self, seq: RequestState, token: int, now: float) -> StepOutput:
         req, sp = seq.request, seq.request.sampling
         req.append_token(token, now)
         delta, hit_stop = seq.detok.update(req.output_token_ids)
@@ -208,7 +203,7 @@ class NanoEngine:
         if reason is not None:
             delta += seq.detok.flush(req.output_token_ids)
             self.scheduler.remove(seq)
-            self._free_seq_blocks(seq)
+            self.blocks.release(seq)
             del self._seqs[req.request_id]
             req.finish_reason = reason
             req.transition(RequestStatus.FINISHED, now, reason)
@@ -218,7 +213,7 @@ class NanoEngine:
         with self._lock:
             sched = self.scheduler
 
-            def rl(seq: Sequence, blocks: int, preempted: bool = False, migrating: bool = False) -> RequestLoad:
+            def rl(seq: RequestState, blocks: int, preempted: bool = False, migrating: bool = False) -> RequestLoad:
                 r = seq.request
                 return RequestLoad(r.request_id, blocks, r.priority, r.num_tokens, r.arrival_time, preempted, migrating)
 
@@ -231,13 +226,13 @@ class NanoEngine:
                 used_blocks=self.blocks.num_used,
                 running=running,
                 waiting=waiting,
-                migrating=bool(self._paused or self._reserved),
+                migrating=bool(self._paused or self.blocks.num_reserved),
                 num_preemptions=sched.num_preemptions,
                 time=self.clock(),
             )
 
     # -- migration: source side ----------------------------------------------------------------------
-    def _holding_seq(self, request_id: str) -> Sequence:
+    def _holding_seq(self, request_id: str) -> RequestState:
         seq = self._seqs.get(request_id)
         if seq is None or not (seq.request_id in self._paused or seq in self.scheduler.running):
             raise KeyError(f"request {request_id} is not running on instance {self.instance_id}")
@@ -273,7 +268,7 @@ class NanoEngine:
                 extra={"seed": seq.seed, "detokenizer": seq.detok.state(), "block_size": self.block_size},
             )
 
-    def _paused_seq(self, request_id: str) -> Sequence:
+    def _paused_seq(self, request_id: str) -> RequestState:
         seq = self._paused.get(request_id)
         if seq is None:
             raise KeyError(f"request {request_id} is not paused on instance {self.instance_id}")
@@ -291,7 +286,7 @@ class NanoEngine:
             seq = self._paused_seq(request_id)
             del self._paused[request_id]
             del self._seqs[request_id]
-            self._free_seq_blocks(seq)
+            self.blocks.release(seq)
 
     def take_waiting(self, request_id: str) -> Request:
         with self._lock:
@@ -304,31 +299,17 @@ class NanoEngine:
 
     # -- migration: destination side -----------------------------------------------------------------
     def reserve_blocks(self, n: int, watermark: int = 0) -> list[int] | None:
-        if n < 0 or watermark < 0:
-            raise ValueError(f"reserve_blocks: n and watermark must be >= 0, got {n}, {watermark}")
         with self._lock:
-            if self.blocks.num_free - n < watermark:
-                return None
-            ids = self.blocks.allocate(n)
-            if ids is not None:
-                self._reserved.update(ids)
-            return ids
-
-    def _check_reserved(self, block_ids: Seq[int], what: str) -> None:
-        missing = [b for b in block_ids if b not in self._reserved]
-        if missing:
-            raise ValueError(f"{what}: blocks {missing} were not reserved on instance {self.instance_id}")
+            return self.blocks.reserve(n, watermark)
 
     def import_blocks(self, block_ids: Seq[int], buffer: Any) -> None:
         with self._lock, torch.no_grad():
-            self._check_reserved(block_ids, "import_blocks")
+            self.blocks.check_reserved(block_ids, "import_blocks")
             self.cache.import_(block_ids, torch.as_tensor(buffer))
 
     def free_blocks(self, block_ids: Seq[int]) -> None:
         with self._lock:
-            self._check_reserved(block_ids, "free_blocks")
-            self._reserved.difference_update(block_ids)
-            self.blocks.free(block_ids)
+            self.blocks.free_reserved(block_ids)
 
     def commit_migrated(self, state: MigrationState, block_ids: Seq[int]) -> None:
         """Adopt the request; counts the migration in ``request.num_migrations``."""
@@ -336,7 +317,7 @@ class NanoEngine:
             req = state.request
             if req.request_id in self._seqs:
                 raise ValueError(f"request {req.request_id}: already on instance {self.instance_id}")
-            self._check_reserved(block_ids, "commit_migrated")
+            self.blocks.check_reserved(block_ids, "commit_migrated")
             if not 0 <= state.num_kv_tokens <= req.num_tokens:
                 raise ValueError(f"commit_migrated: num_kv_tokens {state.num_kv_tokens} out of range")
             if -(-state.num_kv_tokens // self.block_size) > len(block_ids):
@@ -351,9 +332,9 @@ class NanoEngine:
             seed = state.extra.get("seed", effective_seed(req.sampling, req.request_id, self.config.seed))
             # At least the last token is fed again by the next step (its logits pick the next token).
             num_computed = min(state.num_kv_tokens, req.num_tokens - 1)
-            seq = Sequence(req, seed, detok, list(block_ids), num_computed, order=self.scheduler.new_order())
+            seq = RequestState(req, seed, detok, num_computed=num_computed, order=self.scheduler.new_order())
+            self.blocks.adopt(seq, block_ids)
             req.transition(RequestStatus.RUNNING, self.clock(), f"migrated in to {self.instance_id}")
-            self._reserved.difference_update(block_ids)
             req.instance_id = self.instance_id
             req.num_migrations += 1
             self._seqs[req.request_id] = seq

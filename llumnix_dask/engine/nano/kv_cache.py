@@ -1,14 +1,8 @@
-"""The paged KV cache: one preallocated tensor of blocks and the free list that hands them out.
+"""The paged KV cache: one preallocated tensor of blocks (who holds which block: :mod:`.blocks`).
 
 Layout ``[num_layers, 2 (K, V), num_blocks, block_size, kv_heads, head_dim]``: ``cache.layer(i)`` gives
 layer i's K and V (each ``num_blocks x block_size x kv_heads x head_dim``), and ``export`` gathers any
-set of blocks of all layers into one contiguous tensor (what live migration ships)::
-
-    >>> bm = BlockManager(4)
-    >>> bm.allocate(3), bm.num_free
-    ([0, 1, 2], 1)
-    >>> bm.allocate(2) is None   # all-or-nothing
-    True
+set of blocks of all layers into one contiguous tensor (what live migration ships).
 """
 
 from __future__ import annotations
@@ -16,48 +10,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-
-
-class BlockManager:
-    """Free list of KV block ids. Not thread-safe on its own: the engine's lock guards it."""
-
-    def __init__(self, num_blocks: int) -> None:
-        self.num_blocks = num_blocks
-        # Popped from the end; reversed so that a fresh manager hands out 0, 1, 2, ...
-        self._free = list(range(num_blocks - 1, -1, -1))
-        self._is_free = [True] * num_blocks
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
-    def num_used(self) -> int:
-        return self.num_blocks - len(self._free)
-
-    def allocate(self, n: int) -> list[int] | None:
-        """n block ids, or None (nothing taken) if fewer than n are free."""
-        if n < 0:
-            raise ValueError(f"cannot allocate {n} blocks")
-        if n > len(self._free):
-            return None
-        ids = [self._free.pop() for _ in range(n)]
-        for i in ids:
-            self._is_free[i] = False
-        return ids
-
-    def free(self, ids: Sequence[int]) -> None:
-        for i in ids:
-            if not 0 <= i < self.num_blocks:
-                raise ValueError(f"block id {i} out of range [0, {self.num_blocks})")
-            if self._is_free[i]:
-                raise ValueError(f"block {i} is already free (double free)")
-        for i in ids:
-            self._is_free[i] = True
-            self._free.append(i)
-
-    def is_free(self, block_id: int) -> bool:
-        return self._is_free[block_id]
 
 
 class PagedKVCache:

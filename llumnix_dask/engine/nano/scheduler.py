@@ -12,90 +12,53 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from llumnix_dask.engine.nano.kv_cache import BlockManager
-from llumnix_dask.request import Request, RequestStatus
-
-
-@dataclass(eq=False)
-class Sequence:
-    """The engine-side state of one request."""
-
-    request: Request
-    seed: int
-    detok: Any  # IncrementalDetokenizer
-    block_ids: list[int] = field(default_factory=list)
-    num_computed: int = 0  # tokens whose KV is in block_ids
-    preempted: bool = False  # queued again after losing its blocks
-    order: int = 0  # tie-break for equal arrival times (FCFS by arrival, then by add order)
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def key(self) -> tuple[float, int]:
-        return (self.request.arrival_time, self.order)
-
-    def tokens(self, start: int, end: int) -> list[int]:
-        """all_token_ids[start:end] without building the whole list."""
-        req = self.request
-        n = req.num_prompt_tokens
-        if start >= n:
-            return req.output_token_ids[start - n : end - n]
-        if end <= n:
-            return req.prompt_token_ids[start:end]
-        return req.prompt_token_ids[start:] + req.output_token_ids[: end - n]
+from llumnix_dask.engine.nano.blocks import NanoBlocks, RequestState
+from llumnix_dask.request import RequestStatus
 
 
 @dataclass
 class ScheduledStep:
-    chunks: list[tuple[Sequence, int]]  # (sequence, tokens to compute); one-token chunks first
-    preempted: list[Sequence]
+    chunks: list[tuple[RequestState, int]]  # (sequence, tokens to compute); one-token chunks first
+    preempted: list[RequestState]
 
 
 class Scheduler:
-    """FCFS queue + running batch over a block manager. The engine's lock guards every call."""
+    """FCFS queue + running batch over the engine's blocks. The engine's lock guards every call."""
 
-    def __init__(self, blocks: BlockManager, block_size: int, max_batch_size: int, max_batched_tokens: int) -> None:
+    def __init__(self, blocks: NanoBlocks, max_batch_size: int, max_batched_tokens: int) -> None:
         self.blocks = blocks
-        self.block_size = block_size
         self.max_batch_size = max_batch_size
         self.max_batched_tokens = max_batched_tokens
-        self.waiting: list[Sequence] = []  # sorted by key
-        self.running: list[Sequence] = []  # sorted by key: the last one is the youngest
+        self.waiting: list[RequestState] = []  # sorted by key
+        self.running: list[RequestState] = []  # sorted by key: the last one is the youngest
         self.num_preemptions = 0
         self._order = itertools.count()
-
-    def _blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
 
     def new_order(self) -> int:
         return next(self._order)
 
-    def enqueue(self, seq: Sequence) -> None:
+    def enqueue(self, seq: RequestState) -> None:
         bisect.insort(self.waiting, seq, key=lambda s: s.key)
 
-    def add_running(self, seq: Sequence) -> None:
+    def add_running(self, seq: RequestState) -> None:
         bisect.insort(self.running, seq, key=lambda s: s.key)
 
-    def remove(self, seq: Sequence) -> None:
+    def remove(self, seq: RequestState) -> None:
         """Take a sequence out of the queue or the batch (its blocks stay with it)."""
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
 
-    def demand(self, seq: Sequence) -> int:
+    def demand(self, seq: RequestState) -> int:
         """Blocks a queued request needs to start (KV for every token it has so far)."""
-        return self._blocks_for(seq.request.num_tokens)
+        return self.blocks.blocks_for(seq.request.num_tokens)
 
-    def _preempt(self, seq: Sequence, now: float) -> None:
+    def _preempt(self, seq: RequestState, now: float) -> None:
         self.running.remove(seq)
-        self.blocks.free(seq.block_ids)
-        seq.block_ids = []
+        self.blocks.release(seq)
         seq.num_computed = 0
         seq.preempted = True
         seq.request.transition(RequestStatus.WAITING, now, "preempted")
@@ -104,22 +67,20 @@ class Scheduler:
 
     def schedule(self, now: float) -> ScheduledStep:
         budget = self.max_batched_tokens
-        chunks: list[tuple[Sequence, int]] = []
-        preempted: list[Sequence] = []
+        chunks: list[tuple[RequestState, int]] = []
+        preempted: list[RequestState] = []
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.request.num_tokens - seq.num_computed, budget)
-            need = self._blocks_for(seq.num_computed + n) - len(seq.block_ids)
-            while need > self.blocks.num_free and self.running[-1] is not seq:
-                victim = self.running[-1]
+            fits = True
+            while fits and not self.blocks.grow(seq, seq.num_computed + n):
+                victim = self.running[-1]  # the youngest; it may be this request itself
                 self._preempt(victim, now)
                 preempted.append(victim)
-            if need > self.blocks.num_free:  # it is the youngest itself
-                self._preempt(seq, now)
-                preempted.append(seq)
+                fits = victim is not seq
+            if not fits:
                 break
-            seq.block_ids.extend(self.blocks.allocate(need) or [])
             chunks.append((seq, n))
             budget -= n
             i += 1
@@ -128,11 +89,9 @@ class Scheduler:
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
             n = min(seq.request.num_tokens - seq.num_computed, budget)
-            need = self._blocks_for(seq.num_computed + n) - len(seq.block_ids)
-            if need > self.blocks.num_free:
+            if not self.blocks.grow(seq, seq.num_computed + n):
                 break
             self.waiting.pop(0)
-            seq.block_ids.extend(self.blocks.allocate(need) or [])
             seq.request.transition(RequestStatus.RUNNING, now, "recompute" if seq.preempted else "scheduled")
             self.add_running(seq)
             chunks.append((seq, n))
