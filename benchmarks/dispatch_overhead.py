@@ -93,7 +93,7 @@ async def closed_loop(client, total: int, callers: int) -> dict:
     async def caller() -> None:
         for i in counter:
             t0 = time.perf_counter()
-            r = await client.dispatch(request_id=f"c{i}", num_prompt_tokens=128, priority=0)
+            r = await client.place(request_id=f"c{i}", num_prompt_tokens=128, priority=0)
             rtts.append(time.perf_counter() - t0)
             decisions.append(r.decision_s)
 
@@ -111,7 +111,7 @@ async def open_loop(client, rate: float, duration_s: float, rng: random.Random) 
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
-        r = await client.dispatch(request_id=f"o{i}", num_prompt_tokens=128, priority=0)
+        r = await client.place(request_id=f"o{i}", num_prompt_tokens=128, priority=0)
         rtts.append(time.perf_counter() - t0)
         decisions.append(r.decision_s)
 

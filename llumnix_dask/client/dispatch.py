@@ -15,7 +15,7 @@ from llumnix_dask.wire.scheduler_api import DispatchBatch, Placement, RequestDem
 
 
 class DispatchClient:
-    """``await client.dispatch(...)`` -> the scheduler's :class:`Placement` for that request.
+    """``await client.place(...)`` -> the scheduler's :class:`Placement` for that request.
 
     ``scheduler`` returns an rpc object for the scheduler (e.g. ``lambda: pool(address)``).
     """
@@ -29,7 +29,7 @@ class DispatchClient:
         self.num_round_trips = 0
         self.num_dispatches = 0
 
-    async def dispatch(
+    async def place(
         self, request_id: str, num_prompt_tokens: int, priority: int = 0, arrival_time: float | None = None
     ) -> Placement:
         fut = asyncio.get_running_loop().create_future()

@@ -149,7 +149,7 @@ class Frontend:
     async def send(self, handle: RequestHandle, request: Request) -> None:
         """Dispatch ``request`` (new, or a recovered continuation) and add it on the chosen instance."""
         t0 = time.perf_counter()
-        decision = await self.dispatcher.dispatch(
+        decision = await self.dispatcher.place(
             request_id=request.request_id,
             num_prompt_tokens=request.num_tokens,
             priority=int(request.priority),

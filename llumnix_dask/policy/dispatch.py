@@ -7,7 +7,7 @@ Pure code over :class:`InstanceLoad` snapshots. The caller keeps a :class:`Dispa
     >>> loads = [InstanceLoad("a", 100, 80, num_running=2, running_blocks=80),
     ...          InstanceLoad("b", 100, 20, num_running=2, running_blocks=20)]
     >>> state = DispatchState()
-    >>> d = dispatch(loads, RequestLoad("r", 4), PolicyConfig(), state)
+    >>> d = choose_instance(loads, RequestLoad("r", 4), PolicyConfig(), state)
     >>> d.instance_id, d.reason["freeness"]
     ('b', 40.0)
     >>> state.record(d.instance_id)
@@ -83,7 +83,7 @@ class DispatchState:
         self.dispatched.pop(instance_id, None)
 
 
-def dispatch(
+def choose_instance(
     loads: Sequence[InstanceLoad], request: RequestLoad, config: PolicyConfig, state: DispatchState
 ) -> DispatchDecision:
     """Choose the instance for ``request``. Raises :class:`NoInstanceAvailable` if none can take it."""

@@ -244,7 +244,7 @@ class GlobalScheduler:
         """Pick an instance for a new request; raises NoInstanceAvailable with a clear message."""
         if not self.instances:
             raise NoInstanceAvailable("no engine instance is registered yet; start workers with the llumnix plugin")
-        decision = dispatch_policy.dispatch(self._dispatch_candidates(request), request, self.policy, self.dispatch_state)
+        decision = dispatch_policy.choose_instance(self._dispatch_candidates(request), request, self.policy, self.dispatch_state)
         rec = self.instances[decision.instance_id]
         self.dispatch_state.record(rec.instance_id)
         # Count the request on our copy at once, so a burst between two load reports spreads out.

@@ -34,7 +34,7 @@ from llumnix_dask.config import ServeConfig
 from llumnix_dask.client.errors import InstanceLost, NoInstanceError, Overloaded, RequestFailed
 from llumnix_dask.client.records import StreamChunk
 from llumnix_dask.serve.metrics import ServerMetrics
-from llumnix_dask.serve.protocol import (
+from llumnix_dask.serve.openai_schema import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,

@@ -177,10 +177,10 @@ class InstanceWorkerPlugin(WorkerPlugin):
             load_report_interval_s=self.load_report_interval_s,
         )
         worker.handlers.update(handlers(
-            (api.AddRequest, self.add_request),
-            (api.AbortRequest, self.abort),
-            (api.MigrateOut, self.migrate_out),
-            (api.RequestTokens, self.request_tokens),
+            (api.AddRequest, self.on_add_request),
+            (api.AbortRequest, self.on_abort),
+            (api.MigrateOut, self.on_migrate_out),
+            (api.RequestTokens, self.on_request_tokens),
         ))
         self._register_migration_endpoints(worker)
         self.llumlet.start()
@@ -230,25 +230,25 @@ class InstanceWorkerPlugin(WorkerPlugin):
         worker.batched_send(stream_message(scheduler.LoadReport(load=load)))
 
     # -- handlers ------------------------------------------------------------------------------------
-    def add_request(self, msg: api.AddRequest) -> api.Added:
+    def on_add_request(self, msg: api.AddRequest) -> api.Added:
         if self.llumlet is None or not self.llumlet.alive:
             return api.Added(status="error", error=f"instance {self.instance_id} is not running")
         self.llumlet.add_request(msg.request, msg.frontend)
         return api.Added(instance_id=self.instance_id)
 
-    def abort(self, msg: api.AbortRequest) -> api.Ack:
+    def on_abort(self, msg: api.AbortRequest) -> api.Ack:
         if self.llumlet is not None:
             self.llumlet.abort(msg.request_id)
         return api.Ack()
 
-    def request_tokens(self, msg: api.RequestTokens) -> list[api.Progress]:
+    def on_request_tokens(self, msg: api.RequestTokens) -> list[api.Progress]:
         """For each query: the output tokens from ``start`` on that this instance has sent, or ``unknown``
         if it does not hold the request."""
         if self.llumlet is None:
             return [api.Progress(status="unknown") for _ in msg.requests]
         return [self.llumlet.replay(q.request_id, q.start) for q in msg.requests]
 
-    async def migrate_out(self, msg: api.MigrateOut) -> api.MigrationReport:
+    async def on_migrate_out(self, msg: api.MigrateOut) -> api.MigrationReport:
         """Source side of one live migration, ordered by the global scheduler."""
         request_id = msg.request_id
         if not self.migration_available:

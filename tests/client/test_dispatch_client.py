@@ -30,8 +30,8 @@ def test_a_burst_shares_round_trips_and_each_caller_gets_its_own_reply():
 
     async def main():
         client = DispatchClient(lambda: sched, max_in_flight=2)
-        alone = await client.dispatch("solo", 10)
-        burst = await asyncio.gather(*(client.dispatch(f"r{i}", 10) for i in range(50)))
+        alone = await client.place("solo", 10)
+        burst = await asyncio.gather(*(client.place(f"r{i}", 10) for i in range(50)))
         return alone, burst
 
     alone, burst = asyncio.run(main())
@@ -43,7 +43,7 @@ def test_a_burst_shares_round_trips_and_each_caller_gets_its_own_reply():
 def test_a_failed_round_trip_fails_every_waiter():
     async def main():
         client = DispatchClient(lambda: FakeScheduler(fail=True))
-        return await asyncio.gather(*(client.dispatch(f"r{i}", 1) for i in range(3)), return_exceptions=True)
+        return await asyncio.gather(*(client.place(f"r{i}", 1) for i in range(3)), return_exceptions=True)
 
     assert all(isinstance(r, OSError) for r in asyncio.run(main()))
 
@@ -54,8 +54,8 @@ def test_the_client_recovers_after_a_failure():
     async def main():
         client = DispatchClient(lambda: sched)
         with pytest.raises(OSError):
-            await client.dispatch("a", 1)
+            await client.place("a", 1)
         sched.fail = False
-        return await client.dispatch("b", 1)
+        return await client.place("b", 1)
 
     assert asyncio.run(main()).instance_id == "i-b"

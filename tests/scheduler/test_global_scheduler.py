@@ -207,5 +207,5 @@ def test_shortlisted_dispatch_decides_exactly_as_the_full_policy(seed):
             gs.drain("i3", "test")
         for k in range(60):
             req = RequestLoad(f"r{k}", rng.randint(1, 30), priority=k % 5 == 0)
-            expected = dispatch_policy.dispatch(gs.loads(), req, gs.policy, gs.dispatch_state).instance_id
+            expected = dispatch_policy.choose_instance(gs.loads(), req, gs.policy, gs.dispatch_state).instance_id
             assert gs.dispatch(req).instance_id == expected

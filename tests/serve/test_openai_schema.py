@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from llumnix_dask.request import Priority
-from llumnix_dask.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, chat_prompt
+from llumnix_dask.serve.openai_schema import APIError, ChatCompletionRequest, CompletionRequest, chat_prompt
 
 
 def test_prompt_forms():
