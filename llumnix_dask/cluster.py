@@ -151,7 +151,7 @@ class Cluster(ClusterViews):
             self.engine_config = with_cpu_threads(self.engine_config, n_instances)
         self.timeout = timeout
         self._local = None
-        self._autoscaler: concurrent.futures.Future | None = None
+        self._adaptive: Any = None  # the LlumnixAdaptive of adapt()
         self._closed = False
         if address is None:
             if dashboard_address is not None:
@@ -455,9 +455,18 @@ class Cluster(ClusterViews):
         interval_s: float | None = None,
         patience_s: float | None = None,
     ) -> PolicyConfig:
-        """Auto-scale between ``minimum`` and ``maximum`` instances, keeping average freeness in the band."""
-        from llumnix_dask.client.scaling import autoscale_loop
+        """Auto-scale between ``minimum`` and ``maximum`` instances, keeping average freeness in the band.
 
+        The global scheduler's scaling policy decides; Dask's adaptive deployment
+        (:class:`~llumnix_dask.client.adaptive.LlumnixAdaptive`) starts workers and retires drained ones.
+        """
+        from llumnix_dask.client.adaptive import LlumnixAdaptive
+
+        if self._local is None:
+            raise RuntimeError(
+                "this Cluster is attached to an external Dask scheduler: adapt the Dask cluster manager that owns "
+                "its workers instead, e.g. dask_cluster.adapt(Adaptive=llumnix_dask.client.adaptive.LlumnixAdaptive)"
+            )
         knobs: dict[str, Any] = {"scaling_enabled": True, "min_instances": minimum, "max_instances": maximum}
         for key, value in (
             ("scale_up_freeness", scale_up_freeness),
@@ -468,8 +477,10 @@ class Cluster(ClusterViews):
             if value is not None:
                 knobs[key] = value
         policy = self.set_policy(**knobs)
-        if self._autoscaler is None or self._autoscaler.done():
-            self._autoscaler = asyncio.run_coroutine_threadsafe(autoscale_loop(self), self._loop)
+        if self._adaptive is not None:
+            self._adaptive.stop(reason="adapt called again")
+        self._adaptive = self._local.adapt(Adaptive=LlumnixAdaptive, minimum=minimum, maximum=maximum,
+                                           interval=max(0.1, policy.scaling_interval_s))
         return policy
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -477,8 +488,8 @@ class Cluster(ClusterViews):
         if self._closed:
             return
         self._closed = True
-        if self._autoscaler is not None:
-            self._autoscaler.cancel()
+        if self._adaptive is not None:
+            self._adaptive.stop(reason="the llumnix Cluster closed")
         if getattr(self, "_keeper", None) is not None:
             self._keeper.cancel()
         frontend = getattr(self, "frontend", None)

@@ -1,8 +1,9 @@
-"""The cluster-manager side of scaling: start workers, and retire drained ones.
+"""The cluster-manager side of scaling to a size: start workers, and retire drained ones.
 
-The global scheduler decides (scaling policy, which instance to drain) and drains by live migration; the
-process that owns the Dask cluster manager (the :class:`~llumnix_dask.Cluster`) carries the decisions out,
-because only it can start worker processes. These coroutines run on the Cluster's event loop.
+The global scheduler decides which instance to drain and drains it by live migration; the process that owns
+the Dask cluster manager (the :class:`~llumnix_dask.Cluster`) starts and stops the worker processes. These
+coroutines run on the Cluster's event loop. (Auto-scaling goes through Dask's adaptive deployment:
+:mod:`llumnix_dask.client.adaptive`.)
 """
 
 from __future__ import annotations
@@ -94,25 +95,6 @@ async def scale_to(cluster: Any, n: int) -> None:
                 await asyncio.sleep(POLL_S)
 
 
-async def autoscale_loop(cluster: Any, poll_s: float = 0.5) -> None:
-    """Carry out the scheduler's scaling plan until cancelled (``Cluster.adapt``)."""
-    sched = cluster.client.scheduler
-    while True:
-        await asyncio.sleep(poll_s)
-        try:
-            plan = await _plan(sched)
-            if plan.retire:
-                await retire(cluster, plan.retire, cluster.timeout)
-            target, local = plan.target, cluster._local
-            starting = (len(local.worker_spec) - plan.total) if local is not None else 0
-            if target and local is not None and target > plan.active and starting <= 0:
-                _start_workers(cluster, target - plan.active)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("llumnix autoscaler step failed")
-
-
 async def keep_instances(cluster: Any, poll_s: float = 1.0) -> None:
     """Keep the embedded cluster at its target size until cancelled: a worker that died is restarted by its
     Nanny; one whose Nanny went too (or that closed itself) is replaced here."""
@@ -121,8 +103,8 @@ async def keep_instances(cluster: Any, poll_s: float = 1.0) -> None:
     sched = cluster.client.scheduler
     while True:
         await asyncio.sleep(poll_s)
-        if cluster._autoscaler is not None and not cluster._autoscaler.done():
-            continue  # Cluster.adapt's loop owns the size
+        if cluster._adaptive is not None and cluster._adaptive.state == "running":
+            continue  # Cluster.adapt's adaptive deployment owns the size
         try:
             plan = await _plan(sched)
             local = cluster._local

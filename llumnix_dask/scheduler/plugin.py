@@ -87,6 +87,15 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def valid_workers_downscaling(self, scheduler: Any, workers: list) -> list:
+        """Dask's downscaling (``Adaptive``, ``workers_to_close``) may close a worker whose instance drained
+        (terminating, nothing left on it), or a worker that hosts no instance; never one still serving."""
+        if self.core is None:
+            return workers
+        drained = {r.address for r in self.core.drained()}
+        serving = {r.address for r in self.core.instances.values()} - drained
+        return [ws for ws in workers if ws.address not in serving]
+
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         rec = self.core.by_address(worker) if self.core else None
         if rec is not None:
