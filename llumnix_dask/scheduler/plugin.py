@@ -17,6 +17,7 @@ import msgspec
 
 from llumnix_dask.config import PolicyConfig
 from llumnix_dask.scheduler.core import GlobalScheduler, NoInstanceAvailable, PlannedMigration
+from llumnix_dask.scheduler.metrics import register_with_dask, unregister_from_dask
 from llumnix_dask.wire import call, handler, handlers
 from llumnix_dask.wire import scheduler_api as api
 from llumnix_dask.wire import worker_api as instance_api
@@ -48,6 +49,7 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
         self._tasks: list[asyncio.Task] = []
         self._migration_tasks: set[asyncio.Task] = set()
         self._last_cluster_poll = -UNMANAGED_AFTER_S
+        self._collector = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -73,12 +75,15 @@ class GlobalSchedulerPlugin(SchedulerPlugin):
             (api.GetMigrations, self.migrations),
         ))
         scheduler.stream_handlers[api.LoadReport.op] = handler(api.LoadReport, self.instance_load)
+        self._collector = register_with_dask(lambda: self.core.snapshot(0, 0))
         self._tasks = [
             asyncio.create_task(self._migration_loop(), name="llumnix-migration-loop"),
             asyncio.create_task(self._scaling_loop(), name="llumnix-scaling-loop"),
         ]
 
     async def close(self) -> None:
+        unregister_from_dask(self._collector)
+        self._collector = None
         for task in self._tasks + list(self._migration_tasks):
             task.cancel()
         for task in self._tasks + list(self._migration_tasks):

@@ -1,7 +1,8 @@
 """Prometheus metrics of the HTTP server: request latencies observed here, instance state from the scheduler.
 
 Latency histograms are filled as requests finish (``observe``); per-instance gauges (queue, KV usage,
-freeness) and the migration counter are read from the global scheduler's snapshot at scrape time.
+freeness) and the migration counter are the global scheduler's (:mod:`llumnix_dask.scheduler.metrics`, also
+served at the Dask scheduler's own ``/metrics``), read from its snapshot at scrape time.
 """
 
 from __future__ import annotations
@@ -9,41 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from llumnix_dask.scheduler.metrics import InstanceCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DISPATCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-
-
-class _SnapshotCollector:
-    def __init__(self, snapshot: Callable[[], dict]) -> None:
-        self._snapshot = snapshot
-
-    def collect(self) -> Any:
-        try:
-            snap = self._snapshot()
-        except Exception:
-            return
-        gauges = {
-            "num_running": GaugeMetricFamily("llumnix_instance_running", "Running requests", labels=["instance"]),
-            "num_waiting": GaugeMetricFamily("llumnix_instance_queue", "Queued requests", labels=["instance"]),
-            "kv_usage": GaugeMetricFamily("llumnix_instance_kv_usage", "Fraction of KV blocks used", labels=["instance"]),
-            "freeness": GaugeMetricFamily("llumnix_instance_freeness", "Free blocks per request", labels=["instance"]),
-        }
-        for row in snap.get("instances", []):
-            for key, family in gauges.items():
-                value = row.get(key)
-                if value is not None and abs(float(value)) != float("inf"):
-                    family.add_metric([row["instance_id"]], float(value))
-        yield from gauges.values()
-        instances = GaugeMetricFamily("llumnix_instances", "Registered engine instances")
-        instances.add_metric([], len(snap.get("instances", [])))
-        yield instances
-        counters = snap.get("counters", {})
-        migrations = CounterMetricFamily("llumnix_migrations", "Live migrations", labels=["outcome"])
-        migrations.add_metric(["committed"], counters.get("migrations", 0))
-        migrations.add_metric(["failed"], counters.get("migrations_failed", 0))
-        yield migrations
 
 
 class ServerMetrics:
@@ -61,7 +32,7 @@ class ServerMetrics:
                                   buckets=DISPATCH_BUCKETS, registry=self.registry)
         self.requests = Counter("llumnix_requests", "Requests by outcome", ["outcome"], registry=self.registry)
         if snapshot is not None:
-            self.registry.register(_SnapshotCollector(snapshot))
+            self.registry.register(InstanceCollector(snapshot))
 
     def observe(self, completion: Any) -> None:
         """Record a finished request (a :class:`~llumnix_dask.client.records.Completion`)."""

@@ -23,7 +23,7 @@ def server(request):
     engine = for_backend(request.param, EngineConfig(num_blocks=256, max_batch_size=16))
     with Cluster(2, engine=engine, policy=PolicyConfig(migration_enabled=False), dashboard_address=None) as cluster:
         srv = start_server(cluster, ServeConfig(port=0, api_key=KEY, model_name=MODEL))
-        srv.backend, srv.tokenizer = request.param, cluster.tokenizer
+        srv.backend, srv.tokenizer, srv.cluster = request.param, cluster.tokenizer, cluster
         try:
             yield srv
         finally:
@@ -128,3 +128,8 @@ def test_metrics_expose_latency_and_instance_state(server, client):
     text = httpx.get(server.url + "/metrics").text
     assert 'llumnix_ttft_seconds_count{priority="normal"}' in text
     assert "llumnix_instance_kv_usage{" in text and "llumnix_dispatch_latency_seconds_bucket" in text
+    # The scheduler's own metrics are also at the Dask scheduler's /metrics, beside Dask's.
+    dashboard = server.cluster.dashboard_link.rsplit("/status", 1)[0]
+    text = httpx.get(dashboard + "/metrics").text
+    assert 'llumnix_instance_freeness{instance="' in text and "llumnix_instances 2.0" in text
+    assert "dask_scheduler_workers" in text
