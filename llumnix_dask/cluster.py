@@ -21,14 +21,20 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import os
-import queue
 import time
 from typing import Any, AsyncIterator, Coroutine, Iterator, Sequence
 
+from llumnix_dask.cluster_start import (
+    install_instances,
+    refuse_spawned_reimport,
+    start_local_cluster,
+    with_cpu_threads,
+    workers_preloaded,
+)
 from llumnix_dask.cluster_views import ClusterViews
-from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig, worker_dask_config
+from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig
 from llumnix_dask.request import Priority, Request, SamplingParams
+from llumnix_dask.client.bridge import iterate_across_loops, iterate_in_thread
 from llumnix_dask.client.frontend import Frontend
 from llumnix_dask.client.intake import check_fits, check_text, prompt_bound_tokens
 from llumnix_dask.client.records import Completion, StreamChunk
@@ -39,65 +45,10 @@ from llumnix_dask.wire import scheduler_api as api
 
 logger = logging.getLogger(__name__)
 
-_DONE = object()
-
-
 def _sampling(sampling: SamplingParams | None, kwargs: dict) -> SamplingParams:
     if sampling is not None and kwargs:
         return dataclasses.replace(sampling, **kwargs)
     return sampling or SamplingParams(**kwargs)
-
-
-def _keep_worker_heaps() -> None:
-    """Spawn engine workers with the malloc settings of ``config.WORKER_PRE_SPAWN_ENV`` (faster KV transfers).
-
-    Set in this process's Dask config, not in a ``with`` block, because the Nannies of later scale-ups read it
-    too. A value the user configured wins; distributed's own default trim threshold (64 KiB) is replaced.
-    """
-    import dask
-    import distributed  # noqa: F401  (loads distributed's config defaults)
-
-    dask_defaults = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}
-    ours = {
-        k: v for k, v in worker_dask_config().items() if dask.config.get(k, None) in (None, dask_defaults.get(k))
-    }
-    if ours:
-        dask.config.set(ours)
-
-
-def _refuse_spawned_reimport() -> None:
-    """A script that starts a Cluster at module level runs again in every worker process it spawns (they
-    import the script as their ``__main__``); say what to do instead of Dask's bare "Nanny failed to start"."""
-    import multiprocessing
-
-    if multiprocessing.parent_process() is not None and multiprocessing.current_process().name != "MainProcess":
-        raise RuntimeError(f"a Cluster was started while a worker process imported its script: {_MAIN_GUARD_HINT}")
-
-
-_MAIN_GUARD_HINT = (
-    "move the code that starts the Cluster under  if __name__ == \"__main__\":  (the engine worker processes "
-    "are spawned and import the script again, which would start another Cluster in each of them)"
-)
-
-
-def _explain_start_failure(exc: BaseException) -> BaseException:
-    import sys
-
-    main = sys.modules.get("__main__")
-    if "Nanny failed to start" in str(exc) and getattr(main, "__file__", None):
-        return RuntimeError(f"the engine workers failed to start. If {main.__file__} starts a Cluster at module "
-                            f"level, {_MAIN_GUARD_HINT}")
-    return exc
-
-
-def with_cpu_threads(engine: EngineConfig, n_instances: int) -> EngineConfig:
-    """``engine`` with this machine's cores divided among its instances, unless its threads are set.
-
-    Dask starts workers with one OpenMP thread; an instance that owns several cores should use them.
-    """
-    if engine.cpu_threads is not None or engine.backend == "sim":
-        return engine
-    return dataclasses.replace(engine, cpu_threads=max(1, (os.cpu_count() or 1) // n_instances))
 
 
 class Cluster(ClusterViews):
@@ -131,15 +82,14 @@ class Cluster(ClusterViews):
         frontend: FrontendConfig | None = None,
         security: Any = None,
     ) -> None:
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         from llumnix_dask.scheduler.plugin import GlobalSchedulerPlugin
-        from llumnix_dask.workers.plugin import InstanceWorkerPlugin, gpu_count_without_cuda_init
 
         if not isinstance(n_instances, int) or n_instances < 1:
             raise ValueError(f"n_instances: must be an integer >= 1, got {n_instances!r}")
         if address is None:
-            _refuse_spawned_reimport()
+            refuse_spawned_reimport()
         if security is True:
             from distributed.security import Security
 
@@ -158,18 +108,7 @@ class Cluster(ClusterViews):
                 from llumnix_dask.widgets.dashboard import register_page
 
                 register_page()  # the embedded scheduler's dashboard gets the /llumnix page
-            _keep_worker_heaps()
-            try:
-                self._local = LocalCluster(
-                    n_workers=n_instances,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=dashboard_address or ":0",  # None: any free port
-                    silence_logs=silence_logs,
-                    security=security,
-                )
-            except Exception as exc:
-                raise _explain_start_failure(exc) from exc
+            self._local = start_local_cluster(n_instances, dashboard_address, silence_logs, security)
             self.client = Client(self._local, security=security)
         else:
             self.client = Client(address, timeout=timeout, security=security)
@@ -180,24 +119,9 @@ class Cluster(ClusterViews):
                 self.set_policy(**dataclasses.asdict(policy))
             if address is not None:
                 self.client.wait_for_workers(1, timeout=timeout)  # a plain scheduler needs workers to serve
-            if address is None or not (self._instance_rows() or self._workers_preloaded()):
-                results = self.client.register_plugin(
-                    InstanceWorkerPlugin(
-                        self.engine_config,
-                        migration,
-                        load_report_interval_s=load_report_interval_s,
-                        # Local workers share this machine's GPUs; remote ones count their own.
-                        gpu_count=(
-                            None if address is not None
-                            else gpu_count_without_cuda_init() if self.engine_config.device != "cpu" else 0
-                        ),
-                        engine_factory=engine_factory,
-                    )
-                )
-                failed = {w: r for w, r in (results or {}).items() if isinstance(r, dict) and r.get("status") == "error"}
-                if failed:
-                    worker, res = next(iter(failed.items()))
-                    raise RuntimeError(f"engine instance failed to start on {worker}: {res.get('exception_text') or res}")
+            if address is None or not (self._instance_rows() or workers_preloaded(self.client)):
+                install_instances(self.client, self.engine_config, migration, local=address is None,
+                                  load_report_interval_s=load_report_interval_s, engine_factory=engine_factory)
             rows = self._wait_for_instances(lambda rows: len(rows) >= (n_instances if address is None else 1), timeout)
             self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.engine_config)
             lens = [r.max_model_len for r in rows if r.max_model_len]
@@ -238,18 +162,6 @@ class Cluster(ClusterViews):
             return self._scheduler_call(api.GetInstances(), list[api.InstanceRow])
         except Exception:
             return []
-
-    def _workers_preloaded(self) -> bool:
-        """True if any worker was started with ``--preload llumnix_dask.preload.worker`` (its engine may still be
-        building): then the plugin must not be installed a second time."""
-
-        def has_preload(dask_worker: Any) -> bool:
-            return any("llumnix_dask.preload.worker" in str(getattr(p, "name", "")) for p in dask_worker.preloads)
-
-        try:
-            return any(self.client.run(has_preload).values())
-        except Exception:
-            return False
 
     def _wait_for_instances(self, ready: Any, timeout: float) -> list[api.InstanceRow]:
         deadline = time.monotonic() + timeout
@@ -335,37 +247,8 @@ class Cluster(ClusterViews):
         Stopping the iteration early aborts the request.
         """
         request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
-        out: queue.Queue = queue.Queue()
-
-        async def pump() -> None:
-            try:
-                handle = await self.frontend.submit(request)
-                out.put(("id", handle.request_id))
-                async for chunk in self.frontend.chunks(handle):
-                    out.put(("chunk", chunk))
-            except BaseException as exc:  # CancelledError too: the consumer went away
-                out.put(("error", exc))
-            finally:
-                out.put(("done", None))
-
-        fut = asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        finished = False
-        try:
-            while True:
-                kind, item = out.get()
-                if kind == "chunk":
-                    if item.finished:
-                        finished = True
-                    yield item if details else item.text
-                elif kind == "error":
-                    finished = True
-                    raise item
-                elif kind == "done":
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                fut.cancel()  # the pump's finally aborts the request on its instance
+        for chunk in iterate_in_thread(lambda: self.frontend.stream(request), self._loop):
+            yield chunk if details else chunk.text
 
     async def astream(
         self,
@@ -379,12 +262,12 @@ class Cluster(ClusterViews):
     ) -> AsyncIterator[Any]:
         """Async version of :meth:`stream` for any event loop (Jupyter, FastAPI)."""
         request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
-        async for chunk in self._bridge(self.frontend.stream(request)):
+        async for chunk in iterate_across_loops(self.frontend.stream(request), self._loop):
             yield chunk if details else chunk.text
 
     async def astream_request(self, request: Request) -> AsyncIterator[StreamChunk]:
         """The chunks of a request made by :meth:`amake_request`, from any event loop."""
-        async for chunk in self._bridge(self.frontend.stream(request)):
+        async for chunk in iterate_across_loops(self.frontend.stream(request), self._loop):
             yield chunk
 
     async def agenerate_request(self, request: Request) -> Completion:
@@ -403,40 +286,6 @@ class Cluster(ClusterViews):
         """Async: the :class:`Completion` of one request, awaitable from any event loop."""
         request = self._make_request(prompt, _sampling(sampling, sampling_kwargs), priority, slo)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.frontend.generate(request), self._loop))
-
-    async def _bridge(self, agen: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
-        """Iterate an async generator living on the cluster loop from the caller's loop."""
-        caller = asyncio.get_running_loop()
-        if caller is self._loop:
-            async for item in agen:
-                yield item
-            return
-        local: asyncio.Queue = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for item in agen:
-                    caller.call_soon_threadsafe(local.put_nowait, item)
-            except BaseException as exc:
-                caller.call_soon_threadsafe(local.put_nowait, exc)
-            finally:
-                caller.call_soon_threadsafe(local.put_nowait, _DONE)
-
-        fut = asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        completed = False
-        try:
-            while True:
-                item = await local.get()
-                if item is _DONE:
-                    completed = True
-                    return
-                if isinstance(item, BaseException):
-                    completed = True
-                    raise item
-                yield item
-        finally:
-            if not completed:
-                fut.cancel()  # the frontend's chunks() aborts the request
 
     # -- cluster management --------------------------------------------------------------------------
     def scale(self, n: int, timeout: float | None = None) -> None:

@@ -19,7 +19,7 @@ LAYERS = {
     "migration": 3, "wire": 3,
     "workers": 4, "scheduler": 4,
     "client": 5, "sim": 5,
-    "cluster": 6, "cluster_views": 6, "serve": 6, "widgets": 6,
+    "cluster": 6, "cluster_start": 6, "cluster_views": 6, "serve": 6, "widgets": 6,
     "cli": 7, "preload": 7,
 }
 
