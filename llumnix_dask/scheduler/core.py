@@ -20,7 +20,6 @@ import heapq
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llumnix_dask.config import PolicyConfig, updated_policy
@@ -31,62 +30,11 @@ from llumnix_dask.policy import scaling as scaling_policy
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness, with_dispatched
 from llumnix_dask.request import Priority
 from llumnix_dask.scheduler import views
+from llumnix_dask.scheduler.records import Decision, InstanceRecord, PlannedMigration, describe
 from llumnix_dask.scheduler.stats import CountHistory, LatencyWindow
 from llumnix_dask.wire.scheduler_api import FinishedRequest
 
 NoInstanceAvailable = dispatch_policy.NoInstanceAvailable
-
-
-@dataclass
-class InstanceRecord:
-    """One registered engine instance as the global scheduler sees it."""
-
-    instance_id: str
-    address: str  # the Dask worker's address: token streams and migrations go there
-    load: InstanceLoad
-    registered_at: float
-    name: Any = None  # the Dask worker's name (what a cluster manager retires)
-    info: dict = field(default_factory=dict)  # backend, model, device, block_size
-    terminating: bool = False
-    dispatched: int = 0  # requests dispatched here so far
-    migrating: bool = False  # a migration this scheduler ordered is under way (as source or destination)
-    last_report: float = 0.0
-    freeness: float = 0.0  # of ``load`` under the current policy, kept up to date by the scheduler
-    # Requests sent here (dispatched or migrating in) that its load reports do not show yet: id -> (load, when).
-    # ``load`` is always ``report`` (the latest report as received) with these applied.
-    pending: dict[str, tuple[RequestLoad, float]] = field(default_factory=dict)
-    report: InstanceLoad | None = None
-    # Requests migrating in (planned here, not finished): no report counts them before their commit.
-    incoming: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One entry of the explain log."""
-
-    time: float
-    kind: str  # "dispatch" | "migration" | "scaling" | "drain" | "policy" | "register" | "remove"
-    reason: Any  # a sentence, or the dict of numbers the policy decided on
-    request_id: str | None = None
-    instance_id: str | None = None
-    target_id: str | None = None  # migration destination
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class PlannedMigration:
-    src: InstanceRecord
-    dst: InstanceRecord
-    request_id: str | None  # None: the source llumlet picks with the request-selection policy
-    reason: str
-
-
-def _describe(reason: Any) -> str:
-    if isinstance(reason, dict):
-        return ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in reason.items())
-    return str(reason)
 
 
 # How long a request sent to an instance counts there without showing up in its load reports (seconds).
@@ -315,7 +263,7 @@ class GlobalScheduler:
                 continue
             idle.discard(pair.src)
             idle.discard(pair.dst)
-            planned.append(PlannedMigration(src, dst, chosen, _describe(pair.reason)))
+            planned.append(PlannedMigration(src, dst, chosen, describe(pair.reason)))
         return planned
 
     def migration_request_chosen(self, plan: PlannedMigration, request: RequestLoad) -> None:

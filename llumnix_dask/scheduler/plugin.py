@@ -16,7 +16,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 import msgspec
 
 from llumnix_dask.config import PolicyConfig
-from llumnix_dask.scheduler.core import GlobalScheduler, NoInstanceAvailable, PlannedMigration
+from llumnix_dask.scheduler.core import GlobalScheduler, NoInstanceAvailable
+from llumnix_dask.scheduler.records import PlannedMigration
 from llumnix_dask.scheduler.metrics import register_with_dask, unregister_from_dask
 from llumnix_dask.wire import call, handler, handlers
 from llumnix_dask.wire import scheduler_api as api
