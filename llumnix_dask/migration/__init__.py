@@ -6,7 +6,6 @@
   (+ :func:`register_migration_handlers` on the destination worker) and :class:`NcclEndpoint`
   (+ :class:`NcclPeers` on every GPU worker)
 * ``staging`` - one stage on the wire (gather pieces, messages, in-flight window)
-* ``kernels`` - gather / scatter of KV blocks to and from a contiguous staging buffer (torch / Triton)
 """
 
 from llumnix_dask.migration.destination import MigrationDestination, UnknownMigration

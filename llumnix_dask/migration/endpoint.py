@@ -17,6 +17,7 @@ class DestinationEndpoint(Protocol):
     """
 
     name: str
+    transport: str  # the path the blocks take, as migration logs show it ("dask", "in-process", "nccl")
 
     async def reserve(self, migration_id: str, request_id: str, num_blocks: int) -> bool:
         """Pre-allocate ``num_blocks`` more blocks for this migration; False = refused."""

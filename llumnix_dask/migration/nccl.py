@@ -182,6 +182,8 @@ class NcclEndpoint(DaskEndpoint):
     order of ``ncclSend`` on this side with ``ncclRecv`` on the other.
     """
 
+    transport = "nccl"
+
     def __init__(self, address: str, peers: NcclPeers, name: str | None = None):
         super().__init__(address, peers.worker.rpc, name)
         self.peers = peers

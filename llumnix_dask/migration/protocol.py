@@ -91,7 +91,8 @@ async def migrate_out(
     block copies run in worker threads so the loop stays responsive.
     """
     mid = migration_id or new_migration_id()
-    result = MigrationResult(mid, request_id, getattr(engine, "instance_id", "?"), dst.name, "")
+    result = MigrationResult(mid, request_id, getattr(engine, "instance_id", "?"), dst.name, "",
+                             transport=getattr(dst, "transport", type(dst).__name__))
     started = time.perf_counter()
     try:
         request = await _on(engine.get_request, request_id)

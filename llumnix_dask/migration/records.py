@@ -42,6 +42,7 @@ class MigrationResult:
     # Output tokens produced before the handover: the destination's first token has this index.
     resume_index: int = 0
     queued: bool = False  # a never-started request moved between queues (no KV)
+    transport: str = ""  # how the blocks travelled: "dask" (host-staged over Dask comm), "in-process", "nccl"
 
     @property
     def committed(self) -> bool:

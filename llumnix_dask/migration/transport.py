@@ -38,6 +38,8 @@ from llumnix_dask.wire.worker_api import MIGRATION_OPS, AbortMigration, Commit, 
 class InProcessEndpoint:
     """A destination in this process; copies run in a worker thread like they would remotely."""
 
+    transport = "in-process"
+
     def __init__(self, destination: MigrationDestination, name: str | None = None):
         self.destination = destination
         self.name = name or destination.name
@@ -127,6 +129,8 @@ class DaskEndpoint:
     ``rpc`` is a ``distributed.core.ConnectionPool`` (``worker.rpc`` on a worker, ``client.rpc`` on a
     client) so connections are reused between stages and migrations.
     """
+
+    transport = "dask"
 
     def __init__(self, address: str, rpc: Any, name: str | None = None):
         self.address = address

@@ -72,6 +72,7 @@ class GlobalScheduler:
         self.num_dispatched = 0
         self.num_migrations = 0
         self.num_migrations_failed = 0
+        self.migrations_by_transport: dict[str, int] = {}  # committed migrations per path ("dask", "nccl", ...)
 
     # -- registry ------------------------------------------------------------------------------------
     def claim_instance_id(self, base: str) -> str:
@@ -298,6 +299,8 @@ class GlobalScheduler:
         self.migration_log.append(entry)
         if ok:
             self.num_migrations += 1
+            path = str((details or {}).get("transport") or "unknown")
+            self.migrations_by_transport[path] = self.migrations_by_transport.get(path, 0) + 1
             if request_id is not None:
                 self.request_locations[request_id] = dst_id
         else:

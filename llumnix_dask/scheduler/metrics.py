@@ -47,6 +47,11 @@ class InstanceCollector:
         migrations.add_metric(["committed"], counters.get("migrations", 0))
         migrations.add_metric(["failed"], counters.get("migrations_failed", 0))
         yield migrations
+        paths = CounterMetricFamily("llumnix_migrations_by_transport", "Committed live migrations by the path "
+                                    "their KV blocks took", labels=["transport"])
+        for path, count in sorted((counters.get("migrations_by_transport") or {}).items()):
+            paths.add_metric([path], count)
+        yield paths
 
     def describe(self) -> list:
         return []  # families are known at scrape time only; nothing to reserve at registration

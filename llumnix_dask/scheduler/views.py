@@ -66,6 +66,7 @@ def snapshot(gs: Any, n_migrations: int = 50, n_decisions: int = 20) -> dict:
             "dispatched": gs.num_dispatched,
             "migrations": gs.num_migrations,
             "migrations_failed": gs.num_migrations_failed,
+            "migrations_by_transport": dict(gs.migrations_by_transport),
             "finished": gs.latency.total,
         },
         "target_instances": gs.target_instances,

@@ -146,14 +146,13 @@ def migration_columns(snapshot: dict) -> dict[str, list]:
         k: []
         for k in (
             "start", "end", "src", "dst", "request_id", "outcome", "downtime_ms", "total_ms", "blocks",
-            "stages", "color", "reason",
+            "stages", "transport", "color", "reason",
         )
     }
     for m in snapshot.get("migrations") or []:
         end = _finite(m.get("time"))
         total = _finite(m.get("total_s"))
-        stages = m.get("stages") or []
-        blocks = sum(int(s.get("blocks", 0)) for s in stages if isinstance(s, dict))
+
         ok = bool(m.get("ok"))
         cols["start"].append((end - total) * 1000.0)
         cols["end"].append(end * 1000.0)
@@ -163,8 +162,9 @@ def migration_columns(snapshot: dict) -> dict[str, list]:
         cols["outcome"].append(str(m.get("outcome") or ("committed" if ok else "failed")))
         cols["downtime_ms"].append(round(_finite(m.get("downtime_s")) * 1000.0, 2))
         cols["total_ms"].append(round(total * 1000.0, 2))
-        cols["blocks"].append(blocks)
-        cols["stages"].append(len(stages))
+        cols["blocks"].append(int(m.get("blocks") or 0))
+        cols["stages"].append(int(m.get("num_stages") or 0))
+        cols["transport"].append(str(m.get("transport") or "-"))
         cols["color"].append(COLOR_OK if ok else COLOR_FAILED)
         cols["reason"].append(str(m.get("reason", ""))[:160])
     return cols

@@ -152,6 +152,7 @@ def build_figures() -> DashboardFigures:
     timeline.add_tools(HoverTool(renderers=[seg, heads], tooltips=[
         ("request", "@request_id"), ("move", "@src -> @dst"), ("outcome", "@outcome"),
         ("downtime", "@downtime_ms ms"), ("total", "@total_ms ms"), ("blocks", "@blocks in @stages stages"),
+        ("path", "@transport"),
         ("why", "@reason"),
     ]))
     _time_axis(timeline)

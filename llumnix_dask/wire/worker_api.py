@@ -119,6 +119,7 @@ class MigrationReport(Message):
     num_stages: int | None = None
     blocks: int | None = None
     bytes: int | None = None
+    transport: str | None = None  # the path the blocks took: "dask" (host-staged over Dask comm), "nccl"
 
     def details(self) -> dict[str, Any]:
         """The fields beyond ok / request_id / reason that were filled in."""

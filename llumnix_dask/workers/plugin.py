@@ -283,7 +283,7 @@ class InstanceWorkerPlugin(WorkerPlugin):
             migration_id=result.migration_id, src=result.src, dst=result.dst, downtime_s=result.downtime_s,
             total_s=result.total_s, duration_s=time.perf_counter() - start, num_kv_tokens=result.num_kv_tokens,
             resume_index=result.resume_index, queued=result.queued, num_stages=len(result.stages),
-            blocks=result.blocks, bytes=result.bytes,
+            blocks=result.blocks, bytes=result.bytes, transport=result.transport,
         )
 
 

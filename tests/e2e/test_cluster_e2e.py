@@ -135,6 +135,7 @@ def test_scale_up_then_down_with_drain_loses_no_request(cluster):
     assert len(cluster.instances()) == 2
     drained = cluster.migrations().iloc[before:]
     assert len(drained) >= 1 and drained["ok"].all()
+    assert (drained["transport"] == "dask").all() and (drained["blocks"] > 0).any()  # host-staged over Dask comm
     assert any(len(d.instances) > 1 for d in done)  # some request really moved
 
 

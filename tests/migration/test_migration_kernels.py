@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from llumnix_dask.migration import kernels
-from llumnix_dask.migration.kernels import gather_blocks, scatter_blocks
+from llumnix_dask.engine import kv_copy as kernels
+from llumnix_dask.engine.kv_copy import gather_blocks, scatter_blocks
 
 
 def _cache(device="cpu", dtype=torch.float32):

@@ -27,7 +27,7 @@ def make_snapshot(now: float = 1000.0) -> dict:
     gs.drain("instance-10", "test")
     clock[0] = now - 1.0
     gs.migration_finished("instance-2", "instance-0", "r7", True, "low freeness",
-                          {"downtime_s": 0.004, "total_s": 0.25, "stages": [{"blocks": 6}, {"blocks": 2}]})
+                          {"downtime_s": 0.004, "total_s": 0.25, "blocks": 8, "num_stages": 2, "transport": "dask"})
     gs.migration_finished("instance-2", "instance-0", "r8", False, "refused", {})
     for i, (prio, ttft) in enumerate([(0, 0.1), (0, 0.3), (1, 0.05)]):
         gs.request_finished(FinishedRequest(f"r{i}", prio, now, ttft, 0.02, 1.0, 10, slo_ttft_s=0.2))
@@ -71,6 +71,7 @@ def test_migrations_become_segments_from_src_to_dst():
     assert (cols["src"][0], cols["dst"][0]) == ("instance-2", "instance-0")
     assert cols["end"][0] - cols["start"][0] == pytest.approx(250.0)
     assert cols["downtime_ms"][0] == pytest.approx(4.0) and cols["blocks"][0] == 8 and cols["stages"][0] == 2
+    assert cols["transport"] == ["dask", "-"]
     assert cols["color"] == [dd.COLOR_OK, dd.COLOR_FAILED]
 
 

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from llumnix_dask.engine import kv_copy
+
 
 class PagedKVCache:
     """Preallocated K/V block storage for all layers."""
@@ -46,11 +48,11 @@ class PagedKVCache:
 
     def export(self, block_ids: Sequence[int]) -> torch.Tensor:
         """Contiguous copy ``[num_layers, 2, len(block_ids), block_size, kv_heads, head_dim]``."""
-        return self.data.index_select(2, self._index(block_ids))
+        return kv_copy.gather_blocks(self.data, self._index(block_ids), block_dim=2)
 
     def import_(self, block_ids: Sequence[int], buffer: torch.Tensor) -> None:
         """Scatter a buffer made by :meth:`export` (possibly by another engine) into these blocks."""
         expected = (*self.data.shape[:2], len(block_ids), *self.data.shape[3:])
         if tuple(buffer.shape) != expected:
             raise ValueError(f"import_blocks: buffer shape {tuple(buffer.shape)} does not match {expected}")
-        self.data.index_copy_(2, self._index(block_ids), buffer.to(device=self.data.device, dtype=self.data.dtype))
+        kv_copy.scatter_blocks(self.data, self._index(block_ids), buffer, block_dim=2)

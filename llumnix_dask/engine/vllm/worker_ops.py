@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
+from llumnix_dask.engine import kv_copy
+
 # engine id -> that engine's model runner, in each worker process: the migration connector finds runners here.
 RUNNERS: dict[str, Any] = {}
 
@@ -72,7 +74,7 @@ def gather_blocks(wrapper: Any, block_ids: Sequence[int]) -> torch.Tensor:
     layers, dim = _layers(_runner(wrapper))
     index = torch.as_tensor(list(block_ids), dtype=torch.long, device=layers[0].device)
     with torch.no_grad():
-        return torch.stack([kv.index_select(dim, index).movedim(dim, 0) for kv in layers])
+        return torch.stack([kv_copy.gather_blocks(kv, index, block_dim=dim).movedim(dim, 0) for kv in layers])
 
 
 def scatter_blocks(wrapper: Any, block_ids: Sequence[int], buffer: torch.Tensor) -> None:
@@ -85,7 +87,7 @@ def scatter_blocks(wrapper: Any, block_ids: Sequence[int], buffer: torch.Tensor)
     # The KV tensors were made under inference mode; in-place writes to them must be too.
     with torch.inference_mode():
         for kv, data in zip(layers, buffer.to(device=layers[0].device, dtype=layers[0].dtype)):
-            kv.index_copy_(dim, index, data.movedim(0, dim))
+            kv_copy.scatter_blocks(kv, index, data.movedim(0, dim), block_dim=dim)
 
 
 def scatter_rank_blocks(wrapper: Any, block_ids: Sequence[int], buffer: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""Gather / scatter of KV blocks between a paged KV cache and a contiguous staging buffer.
+"""Gather / scatter of KV blocks between a paged KV cache and a contiguous staging buffer: the one KV copy
+path of every engine that keeps its cache in torch tensors (nano, vllm), used by live migration.
 
 A migration stage copies a handful of scattered blocks; sending them one by one would pay the per-message
 cost hundreds of times, so they are first *gathered* into one contiguous buffer, sent as one message, and
@@ -20,7 +21,7 @@ gathered from one cache scatters into any cache of the same layout.
 
 Backends: ``"torch"`` (``index_select`` / ``index_copy_``, any device), ``"triton"`` (one GPU program per
 block and chunk; also runs on CPU tensors under ``TRITON_INTERPRET=1`` for testing) and ``"auto"``
-(Triton for CUDA tensors when it is installed, torch otherwise). The kernels themselves are documented in
+(Triton for contiguous CUDA caches when it is installed, torch otherwise). The kernels themselves are documented in
 the top-level ``kernels/README.md``.
 """
 
@@ -66,7 +67,7 @@ def _pick_backend(backend: str, cache: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if cache.is_cuda and triton_available() else "torch"
+        return "triton" if cache.is_cuda and cache.is_contiguous() and triton_available() else "torch"
     return backend
 
 
