@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from llumnix_dask.policy.load import InstanceLoad
-from llumnix_dask.request import Request
+from llumnix_dask.request import Request, RequestStatus
 
 
 @dataclass
@@ -120,3 +120,29 @@ class EngineBackend(Protocol):
 
     def commit_migrated(self, state: MigrationState, block_ids: Sequence[int]) -> None:
         """Adopt a migrated request whose KV now lies in ``block_ids``; it decodes on from the next step."""
+
+
+def check_new_request(
+    req: Request, *, instance_id: str, already_here: bool, vocab_size: int, context: int, context_note: str,
+    has_tokenizer: bool,
+) -> None:
+    """Raise ``ValueError`` (a message fit for the client) for a request an engine cannot take: already there,
+    not waiting, an empty prompt, token ids outside the vocabulary, a prompt that leaves no room to generate
+    within ``context`` tokens (``context_note`` says where that limit comes from), or stop strings without
+    a tokenizer."""
+    rid = req.request_id
+    if already_here:
+        raise ValueError(f"request {rid}: already on instance {instance_id}")
+    if req.status is not RequestStatus.WAITING:
+        raise ValueError(f"request {rid}: must be waiting to be added, is {req.status.value}")
+    if not req.prompt_token_ids:
+        raise ValueError("prompt: must not be empty")
+    if min(req.prompt_token_ids) < 0 or max(req.prompt_token_ids) >= vocab_size:
+        raise ValueError(f"prompt: token ids must be in [0, {vocab_size}) for this model")
+    if req.num_tokens >= context:
+        raise ValueError(
+            f"prompt: {req.num_tokens} tokens do not fit the context of {context} tokens ({context_note}); "
+            "shorten the prompt"
+        )
+    if req.sampling.stop and not has_tokenizer:
+        raise ValueError("stop: stop strings need a tokenizer, and this model has no tokenizer.json")

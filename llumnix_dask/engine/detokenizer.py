@@ -90,8 +90,32 @@ class IncrementalDetokenizer:
         }
 
     @classmethod
+    def for_request(cls, tokenizer: Any, request: Any, state: dict[str, Any] | None = None) -> "IncrementalDetokenizer":
+        """The detokenizer of ``request`` on this engine: restored from a migrated ``state``, or caught up
+        (silently) with the output tokens the request already has (their text was streamed elsewhere)."""
+        stop = request.sampling.stop
+        if state is not None and tokenizer is not None:
+            return cls.from_state(tokenizer, stop, state)
+        detok = cls(tokenizer, request.prompt_token_ids, stop)
+        if request.output_token_ids and tokenizer is not None:
+            detok.update(request.output_token_ids)
+            detok.flush(request.output_token_ids)
+        return detok
+
+    @classmethod
     def from_state(cls, tokenizer: Any, stop: Sequence[str], state: dict[str, Any]) -> "IncrementalDetokenizer":
         d = cls(tokenizer, state["context"], stop)
         d.prefix_offset, d.read_offset = state["prefix_offset"], state["read_offset"]
         d.text, d.emitted = state["text"], state["emitted"]
         return d
+
+
+def encode_text(tokenizer: Any, text: str, model_path: Any) -> list[int]:
+    """Prompt token ids for ``text`` with an engine's tokenizer (BOS when the tokenizer adds one)."""
+    if tokenizer is None:
+        raise ValueError(f"model {model_path!r} has no tokenizer.json; pass token ids")
+    return tokenizer.encode(text).ids
+
+
+def decode_ids(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    return "" if tokenizer is None else tokenizer.decode(list(token_ids), skip_special_tokens=True)

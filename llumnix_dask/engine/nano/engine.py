@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence as Seq
 import torch
 
 from llumnix_dask.config import DEFAULT_BLOCK_SIZE, EngineConfig
-from llumnix_dask.engine.base import MigrationState, StepOutput
+from llumnix_dask.engine.base import MigrationState, StepOutput, check_new_request
 from llumnix_dask.engine.nano.batch import SeqChunk, build_forward_batch
-from llumnix_dask.engine.detokenizer import IncrementalDetokenizer
+from llumnix_dask.engine.detokenizer import IncrementalDetokenizer, decode_ids, encode_text
 from llumnix_dask.engine.fair_lock import FairLock
 from llumnix_dask.engine.nano.blocks import NanoBlocks, RequestState
 from llumnix_dask.engine.nano.kv_cache import PagedKVCache
@@ -93,41 +93,18 @@ class NanoEngine:
     # -- text helpers ----------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Prompt token ids for ``text`` (with BOS when the tokenizer adds one)."""
-        if self.tokenizer is None:
-            raise ValueError(f"model {self.model_path!r} has no tokenizer.json; pass token ids")
-        return self.tokenizer.encode(text).ids
+        return encode_text(self.tokenizer, text, self.model_path)
 
     def decode(self, token_ids: Seq[int]) -> str:
-        return "" if self.tokenizer is None else self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
-    def _new_detok(self, req: Request) -> IncrementalDetokenizer:
-        detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, req.sampling.stop)
-        if req.output_token_ids and self.tokenizer is not None:
-            # Text of tokens generated elsewhere was already streamed: catch up silently.
-            detok.update(req.output_token_ids)
-            detok.flush(req.output_token_ids)
-        return detok
+        return decode_ids(self.tokenizer, token_ids)
 
     # -- serving ---------------------------------------------------------------------------------------
     def _validate(self, req: Request) -> None:
-        rid = req.request_id
-        if rid in self._seqs:
-            raise ValueError(f"request {rid}: already on instance {self.instance_id}")
-        if req.status is not RequestStatus.WAITING:
-            raise ValueError(f"request {rid}: must be waiting to be added, is {req.status.value}")
-        if not req.prompt_token_ids:
-            raise ValueError("prompt: must not be empty")
-        vocab = self.model_args.vocab_size
-        if min(req.prompt_token_ids) < 0 or max(req.prompt_token_ids) >= vocab:
-            raise ValueError(f"prompt: token ids must be in [0, {vocab}) for this model")
-        if req.num_tokens >= self.max_seq_len:
-            raise ValueError(
-                f"prompt: {req.num_tokens} tokens do not fit the context of {self.max_seq_len} tokens "
-                f"(max_model_len={self.max_model_len}, KV cache={self.num_blocks * self.block_size} tokens); "
-                "shorten the prompt"
-            )
-        if req.sampling.stop and self.tokenizer is None:
-            raise ValueError("stop: stop strings need a tokenizer, and this model has no tokenizer.json")
+        check_new_request(
+            req, instance_id=self.instance_id, already_here=req.request_id in self._seqs,
+            vocab_size=self.model_args.vocab_size, context=self.max_seq_len, has_tokenizer=self.tokenizer is not None,
+            context_note=f"max_model_len={self.max_model_len}, KV cache={self.num_blocks * self.block_size} tokens",
+        )
 
     def add_request(self, request: Request) -> None:
         with self._lock:
@@ -135,7 +112,7 @@ class NanoEngine:
             seq = RequestState(
                 request,
                 seed=effective_seed(request.sampling, request.request_id, self.config.seed),
-                detok=self._new_detok(request),
+                detok=IncrementalDetokenizer.for_request(self.tokenizer, request),
                 preempted=request.num_output_tokens > 0,
                 order=self.scheduler.new_order(),
             )
@@ -324,11 +301,7 @@ class NanoEngine:
                 raise ValueError(f"commit_migrated: {len(block_ids)} blocks cannot hold {state.num_kv_tokens} tokens")
             if state.extra.get("block_size", self.block_size) != self.block_size:
                 raise ValueError("commit_migrated: source and destination block sizes differ")
-            detok_state = state.extra.get("detokenizer")
-            if detok_state is not None and self.tokenizer is not None:
-                detok = IncrementalDetokenizer.from_state(self.tokenizer, req.sampling.stop, detok_state)
-            else:
-                detok = self._new_detok(req)
+            detok = IncrementalDetokenizer.for_request(self.tokenizer, req, state.extra.get("detokenizer"))
             seed = state.extra.get("seed", effective_seed(req.sampling, req.request_id, self.config.seed))
             # At least the last token is fed again by the next step (its logits pick the next token).
             num_computed = min(state.num_kv_tokens, req.num_tokens - 1)

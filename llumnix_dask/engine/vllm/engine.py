@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from llumnix_dask.config import EngineConfig
-from llumnix_dask.engine.base import MigrationState, StepOutput
-from llumnix_dask.engine.detokenizer import IncrementalDetokenizer
+from llumnix_dask.engine.base import MigrationState, StepOutput, check_new_request
+from llumnix_dask.engine.detokenizer import IncrementalDetokenizer, decode_ids, encode_text
 from llumnix_dask.engine.fair_lock import FairLock
 from llumnix_dask.engine.vllm import compat, worker_ops
 from llumnix_dask.engine.vllm.blocks import VllmBlocks
@@ -114,38 +114,18 @@ class VllmEngine:
 
     # -- text ----------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        if self.tokenizer is None:
-            raise ValueError(f"model {self.model_path!r} has no tokenizer.json; pass token ids")
-        return self.tokenizer.encode(text).ids
+        """Prompt token ids for ``text`` (with BOS when the tokenizer adds one)."""
+        return encode_text(self.tokenizer, text, self.model_path)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return "" if self.tokenizer is None else self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
-    def _new_detok(self, req: Request) -> IncrementalDetokenizer:
-        detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, req.sampling.stop)
-        if req.output_token_ids and self.tokenizer is not None:
-            detok.update(req.output_token_ids)  # text already streamed from another instance
-            detok.flush(req.output_token_ids)
-        return detok
+        return decode_ids(self.tokenizer, token_ids)
 
     # -- serving ---------------------------------------------------------------------------------------
     def _validate(self, req: Request) -> None:
-        rid = req.request_id
-        if rid in self._live:
-            raise ValueError(f"request {rid}: already on instance {self.instance_id}")
-        if req.status is not RequestStatus.WAITING:
-            raise ValueError(f"request {rid}: must be waiting to be added, is {req.status.value}")
-        if not req.prompt_token_ids:
-            raise ValueError("prompt: must not be empty")
-        if min(req.prompt_token_ids) < 0 or max(req.prompt_token_ids) >= self.vocab_size:
-            raise ValueError(f"prompt: token ids must be in [0, {self.vocab_size}) for this model")
-        if req.num_tokens >= self.max_model_len:
-            raise ValueError(
-                f"prompt: {req.num_tokens} tokens do not fit the context of {self.max_model_len} tokens "
-                "(max_model_len); shorten the prompt"
-            )
-        if req.sampling.stop and self.tokenizer is None:
-            raise ValueError("stop: stop strings need a tokenizer, and this model has no tokenizer.json")
+        check_new_request(
+            req, instance_id=self.instance_id, already_here=req.request_id in self._live, vocab_size=self.vocab_size,
+            context=self.max_model_len, context_note="max_model_len", has_tokenizer=self.tokenizer is not None,
+        )
 
     def add_request(self, request: Request) -> None:
         with self._lock:
@@ -153,7 +133,7 @@ class VllmEngine:
             vreq, wave = self.core.preprocess_add_request(core_request(request, self.eos_token_ids))
             self.core.add_request(vreq, wave)
             request.instance_id = self.instance_id
-            self._live[request.request_id] = _Tracked(request, self._new_detok(request))
+            self._live[request.request_id] = _Tracked(request, IncrementalDetokenizer.for_request(self.tokenizer, request))
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
@@ -397,11 +377,7 @@ class VllmEngine:
             vreq.num_computed_tokens = min(state.num_kv_tokens, req.num_tokens - 1)
             self.blocks.adopt(req.request_id, block_ids)
             self.core.add_request(vreq, wave)
-            detok_state = state.extra.get("detokenizer")
-            if detok_state is not None and self.tokenizer is not None:
-                detok = IncrementalDetokenizer.from_state(self.tokenizer, req.sampling.stop, detok_state)
-            else:
-                detok = self._new_detok(req)
+            detok = IncrementalDetokenizer.for_request(self.tokenizer, req, state.extra.get("detokenizer"))
             req.transition(RequestStatus.RUNNING, self.clock(), f"migrated in to {self.instance_id}")
             req.instance_id = self.instance_id
             req.num_migrations += 1
