@@ -10,7 +10,7 @@ Life of a request inside an engine::
     outs = engine.step()             # prefill / decode one step for the batch -> StepOutput per request
     ...                              # until an output has finished=True (length / stop) or abort()
 
-Live migration (see ``llumnix_dask.migration.protocol``) uses the rest. On the source::
+Live migration (see ``llumnix_dask.migration.source``) uses the rest. On the source::
 
     ids = engine.request_blocks(rid)        # block table so far; full blocks never change again
     buf = engine.export_blocks(ids[a:b])    # contiguous copy of those blocks, while decoding goes on

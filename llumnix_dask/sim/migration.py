@@ -3,7 +3,7 @@
 The global scheduler plans a pair and the request (from the source's last load report; when a plan names none
 the source picks it with the request-selection policy, as the worker plugin does); the stages follow the
 protocol's own rule,
-:func:`llumnix_dask.migration.protocol.live_stage_end`: a live stage copies the blocks completed since the
+:func:`llumnix_dask.migration.source.live_stage_end`: a live stage copies the blocks completed since the
 previous one while the request keeps decoding (``migration_stage_overhead_ms`` + ``migration_ms_per_block``
 per block); the last stage pauses the request, copies the rest and commits (the downtime:
 ``migration_commit_ms`` + the last blocks). Each stage reserves its blocks on the destination first - the
@@ -24,7 +24,7 @@ from typing import Callable
 
 from llumnix_dask.config import LatencyModel, MigrationConfig
 from llumnix_dask.engine.sim import SimEngine, SimSeq
-from llumnix_dask.migration.protocol import live_stage_end
+from llumnix_dask.migration.source import live_stage_end
 from llumnix_dask.policy.migration import select_request
 from llumnix_dask.scheduler.core import GlobalScheduler, PlannedMigration
 
