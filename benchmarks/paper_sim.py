@@ -212,7 +212,7 @@ def calibrate(requests: int, seeds: list[int], progress: bool) -> dict:
                + [(f"err_{t}", f"{t} {points[t]:g} %", 1) for t in points] + [("rms_pct", "RMS %", 1)])
     best = min(fits, key=lambda f: f["rms_pct"])
     print(f"least RMS error: step_overhead_ms={best['c0']}, step_overhead_ms_per_seq={best['c1']} "
-          f"({best['rms_pct']:.1f}%); the profile has {base.step_overhead_ms}, {base.step_overhead_ms_per_seq}")
+          f"({best['rms_pct']:.1f}%)")
     return {"requests": requests, "seeds": seeds, "grid": CALIBRATION_GRID, "fits": fits, "best": best, "rows": rows}
 
 
