@@ -8,7 +8,7 @@ can run the real policies over many instances cheaply::
     >>> eng = SimEngine("i0", num_blocks=100)
     >>> eng.add_request(Request.new([1] * 40, SamplingParams(max_tokens=3), request_id="r"))
     >>> [len(o.new_token_ids) for o in eng.step()], round(eng.last_step_time_s, 4)  # prefill: a weights read + overhead
-    ([1], 0.0365)
+    ([1], 0.0355)
     >>> while eng.has_work(): outs = eng.step()
     >>> outs[0].finished, outs[0].finish_reason
     (True, 'length')
