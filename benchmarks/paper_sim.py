@@ -5,6 +5,7 @@ traces), >= 3 seeds, under the paper's policy parameters (``SimConfig.paper``).
     python benchmarks/paper_sim.py                 # full sweep (~40 min on 2 cores), writes paper_sim.*
     python benchmarks/paper_sim.py --quick         # 2 traces x 2 rates, 1 seed, 3,000 requests (~15 s)
     python benchmarks/paper_sim.py --traces M-M,L-L --seeds 5 --requests 10000
+    python benchmarks/paper_sim.py --calibrate     # the fit of the serving-loop overhead (~10 min)
 
 Validation first: INFaaS++ alone against the numbers of the artifact's reproduction of Fig. 11 (decode mean,
 preemption loss, P99 prefill at each rate), side by side. Then the comparison: every metric's mean over seeds
@@ -12,6 +13,12 @@ with its spread (min-max), the ratios INFaaS++/Llumnix and round-robin/Llumnix o
 checks of issue 12. Writes benchmarks/results/paper_sim.json, paper_sim.png (the paper's layout: a row per
 trace, a column per metric, the artifact's curves dashed) and paper_sim.txt (what was printed); ``--quick``
 writes paper_sim_quick.* instead.
+
+``--calibrate`` reproduces the fit of the profile's serving-loop overhead (``LatencyModel.step_overhead_ms`` and
+``step_overhead_ms_per_seq``): INFaaS++ at the lowest rate of each generated trace, where there is little
+queueing and the decode mean is the step time, over a grid of the two constants; it prints each point's relative
+error against the artifact's decode mean and the grid point of least RMS error. Everything else (the other 30
+rates, P99 prefill, preemption loss) stays out of the fit and is the validation.
 
 The artifact's numbers are read off its reproduction plot (``artifact/63_serving_performance/plot/
 figure11.png`` on branch osdi24ae of the authors' repository) by eye: +-5% of each panel's range.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +184,38 @@ def references_for_plot() -> dict:
     return refs
 
 
+CALIBRATION_GRID = ([2.0, 3.0, 4.0, 5.0], [0.3, 0.4, 0.5, 0.6])
+
+
+def calibrate(requests: int, seeds: list[int], progress: bool) -> dict:
+    """Grid fit of the serving-loop overhead to the artifact's INFaaS++ decode mean at the lowest rates."""
+    base = SimConfig.paper().latency
+    points = {t: TRACE_RATES[t][0] for t in ARTIFACT}
+    jobs = []
+    for c0 in CALIBRATION_GRID[0]:
+        for c1 in CALIBRATION_GRID[1]:
+            lat = replace(base, step_overhead_ms=c0, step_overhead_ms_per_seq=c1)
+            for t, rate in points.items():
+                for seed in seeds:
+                    cfg = replace(SimConfig.paper(t, dispatch="infaas"), latency=lat)
+                    jobs.append(({"c0": c0, "c1": c1, "trace": t, "rate": rate, "seed": seed},
+                                 lambda cfg=cfg, t=t, r=rate, s=seed: simulate(cfg, generate_trace(t, requests, r, seed=s))))
+    rows = spread(run_all(jobs, progress=progress), ("c0", "c1", "trace", "rate"), ("decode_mean",))
+    fits = []
+    for c0 in CALIBRATION_GRID[0]:
+        for c1 in CALIBRATION_GRID[1]:
+            errs = {r["trace"]: 100 * (r["decode_mean"] / artifact_value(r["trace"], r["rate"], "decode_mean") - 1)
+                    for r in rows if r["c0"] == c0 and r["c1"] == c1}
+            fits.append({"c0": c0, "c1": c1, **{f"err_{t}": e for t, e in errs.items()},
+                         "rms_pct": (sum(e * e for e in errs.values()) / len(errs)) ** 0.5})
+    print_rows(fits, [("c0", "step ms", 1), ("c1", "ms/seq", 2)]
+               + [(f"err_{t}", f"{t} {points[t]:g} %", 1) for t in points] + [("rms_pct", "RMS %", 1)])
+    best = min(fits, key=lambda f: f["rms_pct"])
+    print(f"least RMS error: step_overhead_ms={best['c0']}, step_overhead_ms_per_seq={best['c1']} "
+          f"({best['rms_pct']:.1f}%)")
+    return {"requests": requests, "seeds": seeds, "grid": CALIBRATION_GRID, "fits": fits, "best": best, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
@@ -183,8 +223,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="traces per point (seeds seed .. seed+N-1)")
     ap.add_argument("--traces", default=",".join(TRACE_RATES), help="comma-separated subset of " + ",".join(TRACE_RATES))
     ap.add_argument("--quick", action="store_true", help="M-M and L-L at 2 rates, 1 seed, 3,000 requests")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="fit the serving-loop overhead to the artifact's decode means at the lowest rates")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
+    if args.calibrate:
+        with Tee() as tee:
+            print(f"== calibration: INFaaS++ at the lowest rate of each generated trace, "
+                  f"{args.requests} requests x seeds {seed_list(args.seed, args.seeds)}")
+            out = calibrate(args.requests, seed_list(args.seed, args.seeds), not args.no_progress)
+        save("paper_sim_calibration", out)
+        print(f"wrote {tee.save('paper_sim_calibration')}")
+        return
     if args.quick:
         points, seeds, requests, name = QUICK, [args.seed], 3_000, "paper_sim_quick"
     else:

@@ -68,13 +68,19 @@ def test_paper_preset_has_the_artifacts_parameters():
         PolicyConfig(priority_instance_blocks=-1)
 
 
-def test_latency_defaults_match_reference_anchors():
+def test_latency_defaults_match_the_artifacts_measurements():
     lat = LatencyModel()
-    assert 0.058 * 0.9 < lat.prefill_ms_per_token * 256 / 1000 < 0.058 * 1.2  # 256-token prefill ~58 ms
-    assert 1.8 < lat.prefill_ms_per_token * 8192 / 1000 < 2.2  # 8k-token prefill ~2 s
-    step = lat.decode_base_ms + 16 * lat.decode_ms_per_seq + 16 * 512 * lat.decode_ms_per_kv_token
-    assert 43 <= step <= 53  # one decode step of a moderate batch
-    # Fig. 10's steps of ~8.2k KV tokens: 43 ms with one sequence, 53 ms with 32
-    assert lat.decode_step_ms(1, 8192) == pytest.approx(43, abs=0.5)
-    assert lat.decode_step_ms(32, 8192) == pytest.approx(53, abs=0.5)
-    assert 2000 <= 512 * lat.migration_ms_per_block <= 3500  # blocking copy of 8k tokens
+    # recompute of 256 / 8k tokens: 58 ms / ~2.0 s (REFERENCE.md, the artifact's Fig. 10 data)
+    assert 0.058 * 0.9 < lat.engine_prefill_ms(256) / 1000 < 0.058 * 1.2
+    assert 1.8 < lat.engine_prefill_ms(8192) / 1000 < 2.2
+    # a short prompt still reads every weight once: no cheaper than a decode step without KV
+    assert lat.engine_prefill_ms(35) == pytest.approx(lat.engine_decode_ms(1, 0))
+    # the engine's own step timer on ~8.2k KV tokens (Fig. 10's 7B series): 43.6 ms for 1 x 8k, 46.8 for 32 x 256
+    assert lat.engine_decode_ms(1, 8192) == pytest.approx(43.6, abs=1.5)
+    assert lat.engine_decode_ms(32, 8192) == pytest.approx(46.8, abs=1.0)
+    # what a client sees adds the serving loop's work, and more of it for a bigger batch
+    assert lat.decode_step_ms(16, 4096) > lat.engine_decode_ms(16, 4096) > lat.engine_decode_ms(1, 4096)
+    assert lat.decode_step_ms(16, 4096) - lat.engine_decode_ms(16, 4096) > lat.step_overhead(1)
+    assert lat.prefill_step_ms(512) == pytest.approx(lat.engine_prefill_ms(512) + lat.step_overhead(1))
+    # the artifact's 7B blocking copy of 8k tokens (512 blocks): 1.68 s
+    assert 1.5 <= 512 * lat.migration_ms_per_block / 1000 <= 1.9

@@ -7,8 +7,8 @@ can run the real policies over many instances cheaply::
     >>> from llumnix_dask.request import Request, SamplingParams
     >>> eng = SimEngine("i0", num_blocks=100)
     >>> eng.add_request(Request.new([1] * 40, SamplingParams(max_tokens=3), request_id="r"))
-    >>> [len(o.new_token_ids) for o in eng.step()], round(eng.last_step_time_s, 4)   # prefill 40 tokens
-    ([1], 0.0096)
+    >>> [len(o.new_token_ids) for o in eng.step()], round(eng.last_step_time_s, 4)  # prefill: a weights read + overhead
+    ([1], 0.0355)
     >>> while eng.has_work(): outs = eng.step()
     >>> outs[0].finished, outs[0].finish_reason
     (True, 'length')
@@ -126,6 +126,8 @@ class SimEngine(SimMigrationMixin):
         self._per_seq = ms.decode_ms_per_seq / 1000.0
         self._per_kv = ms.decode_ms_per_kv_token / 1000.0
         self._compute_per_seq = ms.prefill_ms_per_token / 1000.0  # decode can not beat its compute
+        self._overhead = ms.step_overhead_ms / 1000.0
+        self._overhead_per_seq = ms.step_overhead_ms_per_seq / 1000.0
 
     # -- helpers -----------------------------------------------------------------------------------
     def _demand(self, seq: SimSeq) -> int:
@@ -246,7 +248,7 @@ class SimEngine(SimMigrationMixin):
             admitted = self._admit(now)
             if admitted:
                 tokens = sum(s.total for s in admitted)
-                duration = (self.latency.prefill_base_ms + self.latency.prefill_ms_per_token * tokens) / 1000.0
+                duration = self.latency.prefill_step_ms(tokens, len(admitted)) / 1000.0
                 self._plan = ("prefill", admitted)
             elif self._running:
                 duration, batch = self._plan_decode(now)
@@ -306,9 +308,10 @@ class SimEngine(SimMigrationMixin):
         kv_tokens = 0
         for s in running:
             kv_tokens += s.total
-        # Roofline: weights + KV reads at the achieved bandwidth, or the batch's compute if that is longer.
-        return max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n), \
-            list(running)
+        # Roofline: weights + KV reads at the achieved bandwidth, or the batch's compute if that is longer; then
+        # the serving loop's work around the step (LatencyModel.decode_step_ms, inlined: this is the hot path).
+        model = max(self._decode_base + self._per_seq * n + self._per_kv * kv_tokens, self._compute_per_seq * n)
+        return model + self._overhead + self._overhead_per_seq * n, list(running)
 
     def _preempt_until_fits(self, now: float) -> None:
         """vLLM 0.2's loop: in policy order, while no block is free at a request's turn, preempt the last
