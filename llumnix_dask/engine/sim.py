@@ -36,15 +36,13 @@ which keeps per-request counters instead of token lists (fast); :meth:`step` is 
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
-from collections import deque
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from llumnix_dask.config import LatencyModel
-from llumnix_dask.engine.base import StepOutput
-from llumnix_dask.engine.sim_migration import SimMigrationMixin
+from llumnix_dask.engine.base import MigrationState, StepOutput
+from llumnix_dask.engine.sim_queues import SimQueues
 from llumnix_dask.engine.sim_seq import VOCAB, SimSeq
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad
 from llumnix_dask.request import Request, RequestStatus
@@ -52,7 +50,7 @@ from llumnix_dask.request import Request, RequestStatus
 __all__ = ["VOCAB", "SimEngine", "SimSeq"]
 
 
-class SimEngine(SimMigrationMixin):
+class SimEngine:
     """Continuous-batching paged-KV engine over a latency model (see the module docstring).
 
     ``now`` is the engine's clock: model time advanced by :meth:`step` (or set by the simulator), or the
@@ -107,18 +105,7 @@ class SimEngine(SimMigrationMixin):
         self.migrations_in_flight = 0  # set by the migration driver; reported as load.migrating
         self.num_preemptions = 0
         self._lock = threading.RLock()
-        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._seqs: dict[str, SimSeq] = {}
-        self._running: list[SimSeq] = []
-        self._waiting: deque[SimSeq] = deque()
-        # Paused for migration: the request and the blocks it holds here (the request's own block table is
-        # replaced by the destination's on commit, so the source keeps its copy to free on release).
-        self._paused: dict[str, tuple[SimSeq, list[int]]] = {}
-        self._waiting_demand = 0
-        self._waiting_loads: tuple[RequestLoad, ...] | None = None  # the queue's RequestLoads, until it changes
-        self._num_high = 0
-        self._num_high_waiting = 0  # with priority_scheduling they are waiting[0 : _num_high_waiting]
-        self._num_preempted_waiting = 0
+        self.queues = SimQueues(num_blocks, block_size, priority_scheduling)
         # The planned step: ("prefill" | "decode", seqs) or None.
         self._plan: tuple[str, list[SimSeq]] | None = None
         ms = self.latency
@@ -128,62 +115,6 @@ class SimEngine(SimMigrationMixin):
         self._compute_per_seq = ms.prefill_ms_per_token / 1000.0  # decode can not beat its compute
         self._overhead = ms.step_overhead_ms / 1000.0
         self._overhead_per_seq = ms.step_overhead_ms_per_seq / 1000.0
-
-    # -- helpers -----------------------------------------------------------------------------------
-    def _demand(self, seq: SimSeq) -> int:
-        return -(-seq.total // self.block_size)
-
-    def _enqueue(self, seq: SimSeq, front: bool = False) -> None:
-        """Queue ``seq``: at the head of its class if ``front`` (preempted), else in arrival order (a
-        request moved here from another queue keeps its FCFS place). With priority scheduling the
-        high-priority requests form the front of the queue."""
-        waiting = self._waiting
-        if self.priority_scheduling:
-            lo, hi = (0, self._num_high_waiting) if seq.high else (self._num_high_waiting, len(waiting))
-        else:
-            lo, hi = 0, len(waiting)
-        if front:
-            idx = lo
-        else:
-            idx = hi
-            arrival = seq.request.arrival_time
-            while idx > lo and waiting[idx - 1].request.arrival_time > arrival:
-                idx -= 1
-        if idx == len(waiting):
-            waiting.append(seq)
-        elif idx == 0:
-            waiting.appendleft(seq)
-        else:
-            waiting.insert(idx, seq)
-        self._waiting_demand += self._demand(seq)
-        self._waiting_loads = None
-        if seq.high:
-            self._num_high_waiting += 1
-        if seq.preempted_at is not None:
-            self._num_preempted_waiting += 1
-
-    def _dequeue(self, seq: SimSeq) -> None:
-        self._waiting_demand -= self._demand(seq)
-        self._waiting_loads = None
-        if seq.high:
-            self._num_high_waiting -= 1
-        if seq.preempted_at is not None:
-            self._num_preempted_waiting -= 1
-
-    def _free_seq_blocks(self, seq: SimSeq) -> None:
-        self._free.extend(seq.block_ids)
-        seq.block_ids = []
-        seq.capacity = 0
-
-    def _forget(self, seq: SimSeq) -> None:
-        del self._seqs[seq.request.request_id]
-        if seq.high:
-            self._num_high -= 1
-
-    def _join_running(self, seq: SimSeq) -> None:
-        """Into the running batch, kept in the order of vLLM's scheduling policy (which sorts it every step):
-        arrival, or with priority scheduling the high-priority requests first, each class by arrival."""
-        bisect.insort(self._running, seq, key=_priority_then_arrival if self.priority_scheduling else _arrival)
 
     # -- serving -----------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -200,45 +131,46 @@ class SimEngine(SimMigrationMixin):
                     f"need {need} blocks, more than this instance's {self.num_blocks} less its admission "
                     f"watermark of {self.watermark_blocks}"
                 )
-            if request.request_id in self._seqs:
+            if request.request_id in self.queues.seqs:
                 raise ValueError(f"request {request.request_id}: already on instance {self.instance_id}")
-            self._seqs[request.request_id] = seq
-            if seq.high:
-                self._num_high += 1
+            self.queues.track(seq)
             request.instance_id = self.instance_id
-            self._enqueue(seq)
+            self.queues.enqueue(seq)
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
-            seq = self._seqs.get(request_id)
+            q = self.queues
+            seq = q.seqs.get(request_id)
             if seq is None:
                 return False
-            if seq.active:
-                self._running.remove(seq)
-                seq.active = False
-            elif request_id in self._paused:
-                _, blocks = self._paused.pop(request_id)
-                self._free.extend(blocks)
-                seq.block_ids, seq.capacity = [], 0
+            if request_id in q.paused:
+                q.drop_paused(request_id, still_ours=True)
             else:
-                self._waiting.remove(seq)
-                self._dequeue(seq)
-            self._free_seq_blocks(seq)
-            self._forget(seq)
+                if seq.active:
+                    q.leave_running(seq)
+                else:
+                    q.remove_waiting(seq)
+                q.release(seq)
+                q.forget(seq)
             seq.request.finish_reason = "abort"
             seq.request.transition(RequestStatus.ABORTED, self.now, "aborted")
             return True
 
     def has_work(self) -> bool:
-        return bool(self._running or self._waiting)
+        return bool(self.queues.running or self.queues.waiting)
 
     def get_request(self, request_id: str) -> Request | None:
-        seq = self._seqs.get(request_id)
+        seq = self.queues.seqs.get(request_id)
         return None if seq is None else seq.request
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free)
+        return len(self.queues.free)
+
+    @property
+    def step_planned(self) -> bool:
+        """A step was planned (:meth:`plan_step`) and not yet applied."""
+        return self._plan is not None
 
     def plan_step(self, now: float) -> float:
         """Decide the next step's batch at ``now`` and allocate its blocks; returns its model time (s),
@@ -250,7 +182,7 @@ class SimEngine(SimMigrationMixin):
                 tokens = sum(s.total for s in admitted)
                 duration = self.latency.prefill_step_ms(tokens, len(admitted)) / 1000.0
                 self._plan = ("prefill", admitted)
-            elif self._running:
+            elif self.queues.running:
                 duration, batch = self._plan_decode(now)
                 self._plan = ("decode", batch) if batch else None  # all preempted: nothing runs
             else:
@@ -261,10 +193,11 @@ class SimEngine(SimMigrationMixin):
 
     def _admit(self, now: float) -> list[SimSeq]:
         admitted: list[SimSeq] = []
-        waiting, free, bs = self._waiting, self._free, self.block_size
-        room = len(free) - self.watermark_blocks
+        q = self.queues
+        waiting, bs = q.waiting, self.block_size
+        room = len(q.free) - self.watermark_blocks
         budget = self.max_batched_tokens
-        slots = self.max_batch_size - len(self._running)
+        slots = self.max_batch_size - len(q.running)
         while waiting and slots > 0:
             seq = waiting[0]
             total = seq.total
@@ -272,14 +205,11 @@ class SimEngine(SimMigrationMixin):
             if need > room or (admitted and total > budget):
                 break
             room -= need
-            waiting.popleft()
-            self._dequeue(seq)
-            seq.block_ids = [free.pop() for _ in range(need)]
-            seq.capacity = need * bs
-            seq.active = True
+            q.pop_head()
+            q.give(seq, need)
             seq.owner = self
             seq.admitted_at = now
-            self._join_running(seq)
+            q.join_running(seq)
             admitted.append(seq)
             budget -= total
             slots -= 1
@@ -288,7 +218,8 @@ class SimEngine(SimMigrationMixin):
         return admitted
 
     def _plan_decode(self, now: float) -> tuple[float, list[SimSeq]]:
-        free, bs, running = self._free, self.block_size, self._running
+        q = self.queues
+        free, running = q.free, q.running
         needy = 0
         for s in running:
             if s.total > s.capacity:
@@ -300,8 +231,7 @@ class SimEngine(SimMigrationMixin):
             self._preempt_until_fits(now)
         for s in running:
             if s.total > s.capacity:
-                s.block_ids.append(free.pop())
-                s.capacity += bs
+                q.give(s, 1)
         n = len(running)
         if not n:
             return 0.0, []
@@ -318,11 +248,12 @@ class SimEngine(SimMigrationMixin):
         request in that order (the latest arrival; with priority scheduling the latest normal one), which is
         the request itself when none comes after it."""
         taken = 0  # blocks the requests before the current one will take
-        order = list(self._running)
+        free = self.queues.free
+        order = list(self.queues.running)
         i = 0
         while i < len(order):
             s = order[i]
-            while len(self._free) - taken < 1:
+            while len(free) - taken < 1:
                 victim = order.pop()  # the last in policy order; the request itself when it is the last
                 self._preempt(victim, now)
                 if victim is s:
@@ -333,13 +264,13 @@ class SimEngine(SimMigrationMixin):
                 i += 1
 
     def _preempt(self, seq: SimSeq, now: float) -> None:
-        self._running.remove(seq)
-        seq.active = False
-        self._free_seq_blocks(seq)
+        q = self.queues
+        q.leave_running(seq)
+        q.release(seq)
         seq.preempted_at = now
         self.num_preemptions += 1
         seq.request.transition(RequestStatus.WAITING, now, "preempted")
-        self._enqueue(seq, front=True)
+        q.enqueue(seq, front=True)
 
     def finish_step(self, now: float) -> tuple[list[SimSeq], list[StepOutput]]:
         """Apply the planned step at ``now``: every request in it gains one token. Returns the finished
@@ -372,11 +303,11 @@ class SimEngine(SimMigrationMixin):
                     text = self.detokenize([token]) if self.detokenize is not None else ""
                     outputs.append(StepOutput(s.request.request_id, [token], text, finished=done,
                                               finish_reason="length" if done else None))
+            q = self.queues
             for s in finished:
-                self._running.remove(s)
-                s.active = False
-                self._free_seq_blocks(s)
-                self._forget(s)
+                q.leave_running(s)
+                q.release(s)
+                q.forget(s)
                 s.request.finish_reason = "length"
                 s.request.transition(RequestStatus.FINISHED, now)
             return finished, outputs
@@ -395,33 +326,26 @@ class SimEngine(SimMigrationMixin):
     # -- load --------------------------------------------------------------------------------------
     def load(self, detailed: bool | None = None) -> InstanceLoad:
         """Snapshot of the instance; ``detailed=True`` also lists every request (for migration's request
-        selection). None: the engine's ``detailed_load``. The aggregates are O(1) counters; the request lists
-        reuse each request's last RequestLoad until its blocks (or state) change, so ``num_tokens`` of a running
-        request is as of its latest block (at most ``block_size - 1`` tokens behind)."""
+        selection). None: the engine's ``detailed_load``. The aggregates are O(1) counters."""
         with self._lock:
-            used = self.num_blocks - len(self._free)
-            waiting = self._waiting
+            q = self.queues
+            used = self.num_blocks - len(q.free)
+            waiting = q.waiting
             running: tuple[RequestLoad, ...] = ()
             queued: tuple[RequestLoad, ...] = ()
             if detailed or (detailed is None and self.detailed_load):
-                cached = self._cached_load
-                running = tuple([cached(s, len(s.block_ids), False) for s in self._running]
-                                + [cached(s, len(b), True) for s, b in self._paused.values()])
-                if self._waiting_loads is None:
-                    bs = self.block_size
-                    self._waiting_loads = tuple(cached(s, -(-s.total // bs), False) for s in waiting)
-                queued = self._waiting_loads
+                running, queued = q.request_loads()
             return InstanceLoad(
                 instance_id=self.instance_id,
                 total_blocks=self.num_blocks,
                 used_blocks=used,
-                num_running=len(self._running) + len(self._paused),
+                num_running=len(q.running) + len(q.paused),
                 num_waiting=len(waiting),
                 running_blocks=used,  # reserved blocks of incoming migrations count as used
-                waiting_demand_blocks=self._waiting_demand,
-                hol_demand_blocks=-(-waiting[0].total // self.block_size) if waiting else 0,
-                num_high_priority=self._num_high,
-                num_preempted_waiting=self._num_preempted_waiting,
+                waiting_demand_blocks=q.waiting_demand,
+                hol_demand_blocks=q.demand(waiting[0]) if waiting else 0,
+                num_high_priority=q.num_high,
+                num_preempted_waiting=q.num_preempted_waiting,
                 terminating=self.terminating,
                 migrating=self.migrations_in_flight > 0,
                 num_preemptions=self.num_preemptions,
@@ -430,20 +354,80 @@ class SimEngine(SimMigrationMixin):
                 waiting=queued,
             )
 
-    @staticmethod
-    def _cached_load(s: SimSeq, blocks: int, migrating: bool) -> RequestLoad:
-        rl = s.load_cache
-        preempted = s.preempted_at is not None
-        if rl is None or rl.blocks != blocks or rl.migrating != migrating or rl.preempted != preempted:
-            r = s.request
-            rl = s.load_cache = RequestLoad(r.request_id, blocks, r.priority, s.total, r.arrival_time,
-                                            preempted=preempted, migrating=migrating)
-        return rl
+    # -- migration: source side --------------------------------------------------------------------
+    def _held(self, request_id: str) -> SimSeq:
+        seq = self.queues.seqs.get(request_id)
+        if seq is None or not (seq.active or request_id in self.queues.paused):
+            raise KeyError(f"request {request_id} is not running on instance {self.instance_id}")
+        return seq
 
+    def request_blocks(self, request_id: str) -> list[int]:
+        with self._lock:
+            return list(self._held(request_id).block_ids)
 
-def _arrival(seq: SimSeq) -> float:
-    return seq.request.arrival_time
+    def num_kv_tokens(self, request_id: str) -> int:
+        with self._lock:
+            return self._held(request_id).total - 1
 
+    def export_blocks(self, block_ids: Sequence[int]) -> Any:
+        """No tensors here: a small descriptor of what would be copied."""
+        return {"instance_id": self.instance_id, "num_blocks": len(block_ids), "block_ids": list(block_ids)}
 
-def _priority_then_arrival(seq: SimSeq) -> tuple[bool, float]:
-    return (not seq.high, seq.request.arrival_time)
+    def pause(self, request_id: str) -> MigrationState:
+        with self._lock:
+            seq = self._held(request_id)
+            if not seq.active:
+                raise KeyError(f"request {request_id} is already paused on instance {self.instance_id}")
+            self.queues.pause(seq)
+            seq.request.transition(RequestStatus.MIGRATING, self.now, f"paused on {self.instance_id}")
+            return MigrationState(seq.request, seq.total - 1, list(seq.block_ids), {"sim_seq": seq})
+
+    def resume(self, request_id: str) -> None:
+        with self._lock:
+            seq = self.queues.resume(request_id)
+            seq.request.transition(RequestStatus.RUNNING, self.now, "migration failed, resumed")
+
+    def release(self, request_id: str) -> None:
+        with self._lock:
+            seq = self.queues.paused[request_id][0]
+            self.queues.drop_paused(request_id, still_ours=seq.owner is self)
+
+    def take_waiting(self, request_id: str) -> Request:
+        with self._lock:
+            q = self.queues
+            seq = q.seqs.get(request_id)
+            if seq is None or seq.active or request_id in q.paused:
+                raise KeyError(f"request {request_id} is not queued on instance {self.instance_id}")
+            q.remove_waiting(seq)
+            q.forget(seq)
+            return seq.request
+
+    # -- migration: destination side ---------------------------------------------------------------
+    def reserve_blocks(self, n: int, watermark: int = 0) -> list[int] | None:
+        with self._lock:
+            return self.queues.reserve(n, watermark)
+
+    def import_blocks(self, block_ids: Sequence[int], buffer: Any) -> None:
+        if isinstance(buffer, dict) and buffer.get("num_blocks") != len(block_ids):
+            raise ValueError(f"import_blocks: buffer holds {buffer.get('num_blocks')} blocks, got {len(block_ids)} ids")
+
+    def free_blocks(self, block_ids: Sequence[int]) -> None:
+        with self._lock:
+            self.queues.unreserve(list(block_ids))
+
+    def commit_migrated(self, state: MigrationState, block_ids: Sequence[int]) -> None:
+        with self._lock:
+            request = state.request
+            seq = state.extra.get("sim_seq") or request.metadata.get("sim_seq")
+            if not isinstance(seq, SimSeq):  # it crossed a process boundary: rebuild it from the request
+                seq = SimSeq(request)
+                seq.generated = request.num_output_tokens
+                seq.total = seq.prompt_len + seq.generated
+            if len(block_ids) * self.block_size < seq.total - 1:
+                raise ValueError(f"commit_migrated: {len(block_ids)} blocks cannot hold {seq.total - 1} KV tokens")
+            request.metadata["sim_seq"] = seq
+            seq.owner = self
+            self.queues.adopt(seq, list(block_ids))
+            request.instance_id = self.instance_id
+            request.num_migrations += 1
+            request.transition(RequestStatus.RUNNING, self.now, f"migrated to {self.instance_id}")

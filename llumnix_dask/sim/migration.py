@@ -107,8 +107,8 @@ class MigrationModel:
             rid = None if choice is None else choice.request_id
             if choice is not None:
                 self.scheduler.migration_request_chosen(plan, choice)
-        seq = src._seqs.get(rid) if rid is not None else None
-        if seq is None or rid in src._paused:
+        seq = src.queues.seqs.get(rid) if rid is not None else None
+        if seq is None or rid in src.queues.paused:
             self.stats.nothing_to_move += 1
             self._finish(src, dst, rid, False, "no request to migrate", now)
             return
@@ -168,7 +168,7 @@ class MigrationModel:
 
     def _stage_done(self, mig: LiveMigration, end: int, now: float) -> None:
         seq = mig.seq
-        if (not seq.active or seq.owner is not mig.src or mig.src._seqs.get(mig.request_id) is not seq
+        if (not seq.active or seq.owner is not mig.src or mig.src.queues.seqs.get(mig.request_id) is not seq
                 or seq.request.num_preemptions != mig.preemptions_at_start):
             # Finished, preempted or aborted while its blocks were copied: free the destination's blocks.
             mig.dst.free_blocks(mig.reserved)

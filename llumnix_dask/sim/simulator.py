@@ -108,7 +108,7 @@ class Simulator:
             return
         if engine.has_work():
             duration = engine.plan_step(now)
-            if engine._plan is not None:
+            if engine.step_planned:
                 self._stepping.add(iid)
                 self._push(now + duration, _STEP, engine)
                 return
@@ -221,7 +221,7 @@ class Simulator:
     def _retire_drained(self, now: float) -> None:
         for rec in self.scheduler.drained():
             engine = self.engines.get(rec.instance_id)
-            if engine is None or engine.has_work() or engine._paused or rec.instance_id in self._stepping:
+            if engine is None or engine.has_work() or engine.queues.paused or rec.instance_id in self._stepping:
                 continue  # its last report is older than a request that reached it since
             self._count_change(now)
             del self.engines[rec.instance_id]
@@ -235,12 +235,13 @@ class Simulator:
         s = self.samples
         for e in self.engines.values():
             total += e.num_blocks
-            utils.append(1.0 - len(e._free) / e.num_blocks)
-            w = e._waiting
-            if w:
+            q = e.queues
+            free = len(q.free)
+            utils.append(1.0 - free / e.num_blocks)
+            if q.waiting:
                 s["queued"][0] += 1
-                if -(-w[0].total // e.block_size) > len(e._free):
-                    fragmented += len(e._free)
+                if q.demand(q.waiting[0]) > free:
+                    fragmented += free
         if total:
             s["fragmentation"].append(fragmented / total)
             s["util"] += utils

@@ -54,8 +54,7 @@ def test_the_served_control_plane_is_the_simulated_one(tmp_path):
     # One small trace, simulated by `llumnix-dask sim` and replayed in real time on a Cluster of sim instances
     # with the same engine limits and policy: the P99 prefill latency (TTFT) agrees within noise. INFaaS++
     # (freeness dispatch from the per-step load reports, the same engines; no migration): on this trace the
-    # simulator gives 2.61 s and replays gave 2.66 and 2.95 s. With migration (llumnix) the replays stay
-    # ~0.5 s above the simulator on this trace (1.64-2.15 s over 6 replays vs 1.38 s; see the README).
+    # simulator gives 2.49 s and a replay gave 2.54 s (see the README's Simulator table).
     import asyncio
     import json
     import time

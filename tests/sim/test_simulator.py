@@ -28,7 +28,7 @@ class CheckedSimulator(Simulator):
         super()._on_step_end(engine, now)
         for e in self.engines.values():
             assert 0 <= e.num_free_blocks <= e.num_blocks
-            held = sum(len(s.block_ids) for s in e._running) + sum(len(b) for _, b in e._paused.values())
+            held = sum(len(s.block_ids) for s in e.queues.running) + sum(len(b) for _, b in e.queues.paused.values())
             assert held <= e.num_blocks - e.num_free_blocks  # the rest is reserved for incoming migrations
 
 
