@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_rows, ratio, save, seed_list  # noqa: E402
 from _sim_sweep import LATENCY_PANELS, Tee, plot_grid, results_dir, run_all, spread  # noqa: E402
 
-from llumnix_dask.config import SimConfig  # noqa: E402
+from llumnix_dask.sim_config import SimConfig  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
 from llumnix_dask.workloads import generate_trace  # noqa: E402
 
-# The paper's rates (REFERENCE.md), 7 per trace.
+# The paper's rates (its Fig. 11), 7 per trace.
 TRACE_RATES = {
     "ShareGPT": [round(x, 3) for x in np.linspace(7.0, 8.0, 7)],
     "BurstGPT": [round(x, 3) for x in np.linspace(7.5, 8.5, 7)],

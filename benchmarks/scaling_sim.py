@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_rows, save, seed_list  # noqa: E402
 from _sim_sweep import COLORS, Tee, plot_grid, results_dir, run_all, spread  # noqa: E402
 
-from llumnix_dask.config import A10_LLAMA_7B_12K, SimConfig, paper_policy  # noqa: E402
+from llumnix_dask.sim_config import A10_LLAMA_7B_12K, SimConfig, paper_policy  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
 from llumnix_dask.workloads import generate_trace  # noqa: E402
 

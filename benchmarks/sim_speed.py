@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from llumnix_dask.config import SimConfig
+from llumnix_dask.sim_config import SimConfig
 from llumnix_dask.sim import simulate
 from llumnix_dask.workloads import generate_trace
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig, ServeConfig, SimConfig
+from llumnix_dask.config import EngineConfig, FrontendConfig, MigrationConfig, PolicyConfig, ServeConfig
+from llumnix_dask.sim_config import SimConfig
 from llumnix_dask.request import Priority, Request, RequestStatus, SamplingParams
 
 __version__ = "0.1.0"

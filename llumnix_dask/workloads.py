@@ -1,4 +1,4 @@
-"""Request traces for the simulator and the benchmarks: lengths + arrival times (REFERENCE.md).
+"""Request traces for the simulator and the benchmarks: lengths + arrival times (the paper's section 6.1).
 
 Generated lengths follow the paper's artifact: a Zipf distribution over ranks ``1 .. 2*mean-1`` with
 exponent alpha (2.0 / 1.5 / 1.15 for means 128 / 256 / 512), rescaled so its mean is the target mean,
@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 MAX_LEN = 6144
-# Zipf exponent per target mean (REFERENCE.md).
+# Zipf exponent per target mean (the paper's generated traces, section 6.1).
 ZIPF_ALPHA = {128: 2.0, 256: 1.5, 512: 1.15}
 # Trace presets: (mean input length, mean output length).
 TRACE_PRESETS = {
@@ -35,7 +35,7 @@ TRACE_PRESETS = {
     "L-S": (512, 128),
 }
 # Real-trace-like lengths: (P50, P99) of the input and output lengths of the paper's real traces
-# (REFERENCE.md), drawn from log-normal distributions with that median and 99th percentile (their means come
+# (the paper's Table 1), drawn from log-normal distributions with that median and 99th percentile (their means come
 # out within ~10% of the traces' means: ShareGPT in 286 vs 306, out 527 vs 500; BurstGPT in 787 vs 830).
 # The datasets themselves are not shipped; load_trace reads them when you have them. What the artifact's
 # loaders took (benchmarks-repo/benchmark_throughput.py, branch osdi24ae): ShareGPT = sharegpt_gpt4.jsonl (the
@@ -43,7 +43,7 @@ TRACE_PRESETS = {
 # more dropped, no 6,144 clip; BurstGPT = random rows of the GPT-4 conversation log, each length clipped at
 # 6,144, failed rows (0 response tokens) kept as 1-token requests. Their arrivals: the AE scripts pass no
 # arrival process for the datasets (the client's default then sends every request at once), the paper's own
-# runner (benchmarks-repo/run_dataset) passes Poisson, as here. REFERENCE.md gives no output statistics for
+# runner (benchmarks-repo/run_dataset) passes Poisson, as here. The paper gives no output statistics for
 # BurstGPT: it takes ShareGPT's output distribution (an assumption that likely overstates its load: GPT-4
 # conversation answers are shorter than ShareGPT's, and the paper ran BurstGPT, whose prompts are 2.7x longer,
 # at about ShareGPT's rates).

@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from llumnix_dask.config import EngineConfig, LatencyModel, MigrationConfig, PolicyConfig, ServeConfig, SimConfig
+from llumnix_dask.config import EngineConfig, MigrationConfig, PolicyConfig, ServeConfig
+from llumnix_dask.sim_config import LatencyModel, SimConfig
 
 
 @pytest.mark.parametrize("make,field", [
@@ -39,7 +40,7 @@ def test_defaults_are_valid_and_frozen():
 
 
 def test_engine_profiles_are_named_and_the_a10_one_matches_the_papers_testbed():
-    from llumnix_dask.config import ENGINE_PROFILES, engine_profile
+    from llumnix_dask.sim_config import ENGINE_PROFILES, engine_profile
 
     a10 = engine_profile("a10-llama-7b")
     assert 785 <= a10.num_blocks <= 792 and a10.max_batched_tokens == 12_800 and a10.block_size == 16
@@ -54,7 +55,7 @@ def test_engine_profiles_are_named_and_the_a10_one_matches_the_papers_testbed():
 
 
 def test_paper_preset_has_the_artifacts_parameters():
-    from llumnix_dask.config import paper_policy
+    from llumnix_dask.sim_config import paper_policy
 
     for trace, threshold in (("M-M", 10), ("S-L", 10), ("L-L", 3), ("S-S", 3), ("ShareGPT", 3), (None, 3)):
         p = paper_policy(trace)
@@ -70,7 +71,7 @@ def test_paper_preset_has_the_artifacts_parameters():
 
 def test_latency_defaults_match_the_artifacts_measurements():
     lat = LatencyModel()
-    # recompute of 256 / 8k tokens: 58 ms / ~2.0 s (REFERENCE.md, the artifact's Fig. 10 data)
+    # recompute of 256 / 8k tokens: 58 ms / ~2.0 s (the paper's Fig. 10 data)
     assert 0.058 * 0.9 < lat.engine_prefill_ms(256) / 1000 < 0.058 * 1.2
     assert 1.8 < lat.engine_prefill_ms(8192) / 1000 < 2.2
     # a short prompt still reads every weight once: no cheaper than a decode step without KV

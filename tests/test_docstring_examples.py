@@ -6,12 +6,13 @@ import pytest
 
 import llumnix_dask
 import llumnix_dask.config
+import llumnix_dask.sim_config
 import llumnix_dask.policy.load
 import llumnix_dask.request
 
 
 @pytest.mark.parametrize(
-    "module", [llumnix_dask, llumnix_dask.config, llumnix_dask.request, llumnix_dask.policy.load], ids=lambda m: m.__name__
+    "module", [llumnix_dask, llumnix_dask.config, llumnix_dask.sim_config, llumnix_dask.request, llumnix_dask.policy.load], ids=lambda m: m.__name__
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llumnix_dask"
 LAYERS = {
-    "config": 0, "request": 0, "workloads": 0,
+    "config": 0, "sim_config": 0, "request": 0, "workloads": 0,
     "policy": 1,
     "engine": 2,
     "migration": 3, "wire": 3,

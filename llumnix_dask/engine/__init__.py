@@ -25,7 +25,8 @@ def create_engine(config: "EngineConfig", instance_id: str) -> EngineBackend:
 
         return NanoEngine(config, instance_id)
     if config.backend == "sim":
-        from llumnix_dask.config import A10_LLAMA_7B, DEFAULT_BLOCK_SIZE
+        from llumnix_dask.config import DEFAULT_BLOCK_SIZE
+        from llumnix_dask.sim_config import A10_LLAMA_7B
         from llumnix_dask.engine.sim import VOCAB, SimEngine
         from llumnix_dask.engine.tokenizer import load_tokenizer
 

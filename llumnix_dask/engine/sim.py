@@ -1,7 +1,7 @@
 """A latency-model engine: paged KV blocks and continuous batching, without tensors.
 
 ``SimEngine`` implements :class:`~llumnix_dask.engine.base.EngineBackend` over
-:class:`~llumnix_dask.config.LatencyModel`, so the simulator (and, with ``realtime=True``, a Dask cluster)
+:class:`~llumnix_dask.sim_config.LatencyModel`, so the simulator (and, with ``realtime=True``, a Dask cluster)
 can run the real policies over many instances cheaply::
 
     >>> from llumnix_dask.request import Request, SamplingParams
@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from llumnix_dask.config import LatencyModel
+from llumnix_dask.sim_config import LatencyModel
 from llumnix_dask.engine.base import MigrationState, StepOutput
 from llumnix_dask.engine.sim_queues import SimQueues
 from llumnix_dask.engine.sim_seq import VOCAB, SimSeq

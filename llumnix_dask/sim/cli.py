@@ -6,7 +6,8 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from llumnix_dask.config import PolicyConfig, SimConfig, paper_policy
+from llumnix_dask.config import PolicyConfig
+from llumnix_dask.sim_config import SimConfig, paper_policy
 from llumnix_dask.sim.metrics import SimResult
 
 
@@ -45,7 +46,7 @@ def build_sim_config(
 ) -> SimConfig:
     """A SimConfig from CLI-style values; raises ValueError naming the bad one.
 
-    ``preset``: "paper" (the paper's policy parameters for ``trace``, :func:`~llumnix_dask.config.paper_policy`)
+    ``preset``: "paper" (the paper's policy parameters for ``trace``, :func:`~llumnix_dask.sim_config.paper_policy`)
     or "default" (``PolicyConfig()``); ``profile``: an engine profile of
     :data:`~llumnix_dask.config.ENGINE_PROFILES`; ``blocks`` ... ``watermark`` override the profile.
     """

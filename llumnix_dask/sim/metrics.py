@@ -1,6 +1,6 @@
 """What a simulation measured: per-request rows, aggregates (mean / P99, split by priority), CDF plots.
 
-Definitions (REFERENCE.md): prefill latency = time to first token including queueing; decode latency = a
+Definitions (the paper's section 6): prefill latency = time to first token including queueing; decode latency = a
 request's mean time per output token after the first; request latency = end to end; preemption loss =
 per preemption the wait until re-prefill plus the recompute time, summed and divided by the number of all
 requests; fragmentation = share of all KV blocks that are free on instances whose head-of-line queued

@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from llumnix_dask.config import LatencyModel, MigrationConfig
+from llumnix_dask.config import MigrationConfig
+from llumnix_dask.sim_config import LatencyModel
 from llumnix_dask.engine.sim import SimEngine, SimSeq
 from llumnix_dask.migration.source import live_stage_end
 from llumnix_dask.policy.migration import select_request

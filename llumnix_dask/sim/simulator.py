@@ -1,6 +1,6 @@
 """The discrete-event simulator: N SimEngines under the real global scheduler, in simulated time.
 
-    >>> from llumnix_dask.config import SimConfig
+    >>> from llumnix_dask.sim_config import SimConfig
     >>> from llumnix_dask.workloads import generate_trace
     >>> result = simulate(SimConfig(num_instances=2), generate_trace("S-S", 50, rate=5.0, seed=1))
     >>> len(result.requests), bool(result.requests["finished"].all())
@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from llumnix_dask.config import SimConfig
+from llumnix_dask.sim_config import SimConfig
 from llumnix_dask.engine.sim import SimEngine, SimSeq
 from llumnix_dask.policy.migration import NON_MIGRATING_POLICIES
 from llumnix_dask.request import Priority, Request, SamplingParams

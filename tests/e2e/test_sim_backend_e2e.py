@@ -62,7 +62,7 @@ def test_the_served_control_plane_is_the_simulated_one(tmp_path):
     from typer.testing import CliRunner
 
     from llumnix_dask.cli import app
-    from llumnix_dask.config import paper_policy
+    from llumnix_dask.sim_config import paper_policy
     from llumnix_dask.workloads import load_trace
 
     rng = __import__("random").Random(5)

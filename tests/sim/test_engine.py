@@ -1,6 +1,6 @@
 import pytest
 
-from llumnix_dask.config import LatencyModel
+from llumnix_dask.sim_config import LatencyModel
 from llumnix_dask.engine.base import EngineBackend
 from llumnix_dask.engine.sim import SimEngine
 from llumnix_dask.request import Priority, Request, RequestStatus, SamplingParams

@@ -1,6 +1,7 @@
 import pytest
 
-from llumnix_dask.config import LatencyModel, MigrationConfig, PolicyConfig
+from llumnix_dask.config import MigrationConfig, PolicyConfig
+from llumnix_dask.sim_config import LatencyModel
 from llumnix_dask.engine.sim import SimEngine
 from llumnix_dask.request import Request, RequestStatus, SamplingParams
 from llumnix_dask.scheduler.core import GlobalScheduler, PlannedMigration

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from llumnix_dask.config import MigrationConfig, PolicyConfig, SimConfig
+from llumnix_dask.config import MigrationConfig, PolicyConfig
+from llumnix_dask.sim_config import SimConfig
 from llumnix_dask.sim import Simulator, plot_latency_cdfs, simulate
 from llumnix_dask.workloads import generate_trace, trace_from_lengths
 
@@ -166,7 +167,7 @@ def test_real_trace_like_lengths_follow_the_papers_statistics():
 
 
 def test_the_paper_setup_runs_h100_profiles_too():
-    from llumnix_dask.config import SimConfig
+    from llumnix_dask.sim_config import SimConfig
 
     trace = generate_trace("M-M", 300, 20.0, seed=2)
     a10 = simulate(SimConfig.paper("M-M", num_instances=2), trace)
