@@ -206,10 +206,6 @@ class Request:
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
-    def blocks_needed(self, block_size: int, extra_tokens: int = 0) -> int:
-        """KV blocks that hold every token so far (plus ``extra_tokens``)."""
-        return -(-(self.num_tokens + extra_tokens) // block_size)
-
     @property
     def ttft(self) -> float | None:
         """Prefill latency: time to first token, queueing included."""

@@ -26,8 +26,3 @@ def test_bad_request_inputs():
     with pytest.raises(ValueError, match="priority"):
         Priority.parse("urgent")
     assert Priority.parse("high") is Priority.HIGH and Priority.parse(0) is Priority.NORMAL
-
-
-def test_blocks_needed():
-    r = Request.new([0] * 17)
-    assert r.blocks_needed(16) == 2 and r.blocks_needed(16, extra_tokens=15) == 2 and r.blocks_needed(16, 16) == 3

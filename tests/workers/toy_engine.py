@@ -56,7 +56,7 @@ class FakeEngine:
     def load(self) -> InstanceLoad:
         with self._lock:
             running = [
-                RequestLoad(r.request_id, r.blocks_needed(self.block_size), r.priority, r.num_tokens, r.arrival_time)
+                RequestLoad(r.request_id, -(-r.num_tokens // self.block_size), r.priority, r.num_tokens, r.arrival_time)
                 for r in self._requests.values()
             ]
         used = sum(r.blocks for r in running)
