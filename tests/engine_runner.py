@@ -94,7 +94,6 @@ class EngineRunner:
         self._pause_waiters = 0  # the loop lets a waiting pause() in before its next step (no starvation)
         self._migration_engine = _RecordedPause(self)
         self._stop = False
-        self._paused = False
         self.error: BaseException | None = None
         self.step_times: list[tuple[float, float, int]] = []  # (start, seconds, batch size) per step
         self._on_step = on_step
@@ -116,16 +115,6 @@ class EngineRunner:
         with self._cond:
             self._cond.notify_all()
 
-    def hold(self) -> None:
-        """Stop stepping after the current step (the engine keeps its requests)."""
-        with self._cond:
-            self._paused = True
-
-    def release_hold(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
-
     def stop(self) -> None:
         with self._cond:
             self._stop = True
@@ -136,7 +125,7 @@ class EngineRunner:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and (self._paused or not self.engine.has_work()):
+                while not self._stop and not self.engine.has_work():
                     self._cond.wait(0.05)  # a migrated-in request arrives without add(): poll has_work
                 if self._stop:
                     return

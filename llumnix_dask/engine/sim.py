@@ -120,10 +120,7 @@ class SimEngine:
     def add_request(self, request: Request) -> None:
         """Queue a request (FCFS by arrival time). A request moved from another engine keeps its progress."""
         with self._lock:
-            seq = request.metadata.get("sim_seq")
-            if not isinstance(seq, SimSeq) or seq.request is not request:
-                seq = SimSeq(request)
-                request.metadata["sim_seq"] = seq
+            seq = SimSeq.of(request)  # a continued request (recovery) recomputes its tokens so far
             need = -(-(seq.prompt_len + seq.max_tokens) // self.block_size)
             if need > self.num_blocks - self.watermark_blocks:
                 raise ValueError(
@@ -139,19 +136,9 @@ class SimEngine:
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
-            q = self.queues
-            seq = q.seqs.get(request_id)
+            seq = self.queues.remove(request_id)
             if seq is None:
                 return False
-            if request_id in q.paused:
-                q.drop_paused(request_id, still_ours=True)
-            else:
-                if seq.active:
-                    q.leave_running(seq)
-                else:
-                    q.remove_waiting(seq)
-                q.release(seq)
-                q.forget(seq)
             seq.request.finish_reason = "abort"
             seq.request.transition(RequestStatus.ABORTED, self.now, "aborted")
             return True
@@ -356,10 +343,7 @@ class SimEngine:
 
     # -- migration: source side --------------------------------------------------------------------
     def _held(self, request_id: str) -> SimSeq:
-        seq = self.queues.seqs.get(request_id)
-        if seq is None or not (seq.active or request_id in self.queues.paused):
-            raise KeyError(f"request {request_id} is not running on instance {self.instance_id}")
-        return seq
+        return self.queues.held(request_id, self.instance_id)
 
     def request_blocks(self, request_id: str) -> list[int]:
         with self._lock:
@@ -394,13 +378,7 @@ class SimEngine:
 
     def take_waiting(self, request_id: str) -> Request:
         with self._lock:
-            q = self.queues
-            seq = q.seqs.get(request_id)
-            if seq is None or seq.active or request_id in q.paused:
-                raise KeyError(f"request {request_id} is not queued on instance {self.instance_id}")
-            q.remove_waiting(seq)
-            q.forget(seq)
-            return seq.request
+            return self.queues.take_waiting(request_id, self.instance_id).request
 
     # -- migration: destination side ---------------------------------------------------------------
     def reserve_blocks(self, n: int, watermark: int = 0) -> list[int] | None:
@@ -418,11 +396,9 @@ class SimEngine:
     def commit_migrated(self, state: MigrationState, block_ids: Sequence[int]) -> None:
         with self._lock:
             request = state.request
-            seq = state.extra.get("sim_seq") or request.metadata.get("sim_seq")
-            if not isinstance(seq, SimSeq):  # it crossed a process boundary: rebuild it from the request
-                seq = SimSeq(request)
-                seq.generated = request.num_output_tokens
-                seq.total = seq.prompt_len + seq.generated
+            seq = state.extra.get("sim_seq")
+            if not isinstance(seq, SimSeq):  # it crossed a process boundary: rebuilt from the request
+                seq = SimSeq.of(request)
             if len(block_ids) * self.block_size < seq.total - 1:
                 raise ValueError(f"commit_migrated: {len(block_ids)} blocks cannot hold {seq.total - 1} KV tokens")
             request.metadata["sim_seq"] = seq

@@ -57,6 +57,38 @@ class SimQueues:
         if seq.high:
             self.num_high -= 1
 
+    def held(self, request_id: str, where: str) -> SimSeq:
+        """A running or paused request (KeyError naming instance ``where`` otherwise)."""
+        seq = self.seqs.get(request_id)
+        if seq is None or not (seq.active or request_id in self.paused):
+            raise KeyError(f"request {request_id} is not running on instance {where}")
+        return seq
+
+    def take_waiting(self, request_id: str, where: str) -> SimSeq:
+        """Out of the queue and out of this engine (KeyError naming ``where`` if it is not queued)."""
+        seq = self.seqs.get(request_id)
+        if seq is None or seq.active or request_id in self.paused:
+            raise KeyError(f"request {request_id} is not queued on instance {where}")
+        self.remove_waiting(seq)
+        self.forget(seq)
+        return seq
+
+    def remove(self, request_id: str) -> SimSeq | None:
+        """Out of this engine wherever it is (queued, running, paused), its blocks freed; None if unknown."""
+        seq = self.seqs.get(request_id)
+        if seq is None:
+            return None
+        if request_id in self.paused:
+            self.drop_paused(request_id, still_ours=True)
+            return seq
+        if seq.active:
+            self.leave_running(seq)
+        else:
+            self.remove_waiting(seq)
+        self.release(seq)
+        self.forget(seq)
+        return seq
+
     # -- the queue ------------------------------------------------------------------------------------
     def enqueue(self, seq: SimSeq, front: bool = False) -> None:
         """Queue ``seq``: at the head of its class if ``front`` (preempted), else in arrival order (a request

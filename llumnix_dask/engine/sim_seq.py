@@ -36,6 +36,18 @@ class SimSeq:
         self.admitted_at = 0.0
         self.load_cache: object = None  # the RequestLoad last reported (the engine rebuilds it when it changes)
 
+    @classmethod
+    def of(cls, request: Request) -> "SimSeq":
+        """The request's state: the one it carries (moved within a process), or new, counting the tokens it
+        generated elsewhere (a request that crossed a process boundary, or a recompute)."""
+        seq = request.metadata.get("sim_seq")
+        if not isinstance(seq, SimSeq) or seq.request is not request:
+            seq = cls(request)
+            seq.generated = request.num_output_tokens
+            seq.total = seq.prompt_len + seq.generated
+            request.metadata["sim_seq"] = seq
+        return seq
+
     def __getstate__(self) -> dict:
         # The owning engine (its lock, its queues) stays behind when the state crosses a process boundary
         # in a migration: the destination sets itself as owner on commit.

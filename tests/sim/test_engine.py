@@ -154,6 +154,21 @@ def test_migration_methods_move_a_request_and_tokens_match_unmigrated_run():
     assert dst.num_free_blocks == 50
 
 
+def test_a_continued_request_recomputes_its_tokens_and_samples_on():
+    # What the frontend sends when an instance died: the prompt and the tokens the client already has.
+    solo = SimEngine("solo", num_blocks=50)
+    whole = req("c", 30, 12, seed=5)
+    solo.add_request(whole)
+    run_to_end(solo)
+    cont = req("c", 30, 12, seed=5)
+    cont.output_token_ids = list(whole.output_token_ids[:7])
+    eng = SimEngine("survivor", num_blocks=50)
+    eng.add_request(cont)
+    outs = run_to_end(eng)
+    assert [t for o in outs for t in o.new_token_ids] == whole.output_token_ids[7:]
+    assert cont.output_token_ids == whole.output_token_ids and eng.num_free_blocks == 50
+
+
 def test_reserve_refuses_below_watermark_and_take_waiting():
     eng = SimEngine("i0", num_blocks=10)
     assert eng.reserve_blocks(9, watermark=2) is None
