@@ -389,10 +389,10 @@ def main() -> None:
                 "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                             "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"},
                 "repeats": args.repeats,
-                "note": (
-                    "shared CPU (other engineers' processes were running): best of interleaved repeats; "
-                    "decode = batch / median step; *_cpu = the same from process CPU time"
-                ),
+                "note": "best of interleaved repeats; decode = batch / median step; *_cpu = the same from "
+                        "process CPU time",
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "load_average": os.getloadavg(),
                 "rows": rows,
             },
             indent=2,
