@@ -185,6 +185,30 @@ def test_export_while_the_step_loop_runs_in_another_thread(small_model):
     assert exports > 0 and req.output_token_ids == expected
 
 
+def test_a_paused_requests_blocks_export_without_waiting_for_the_step_in_flight(small_model, mode="greedy"):
+    # The last stage's copy is the migration's downtime: it must not wait behind the source's next step
+    # (a long prefill there would stretch it). The engine lock stands for a step in flight.
+    src, dst = make_engine(small_model, "src"), make_engine(small_model, "dst")
+    req = new_request(prompt(21, 1), "m", max_tokens=40, **MODES[mode])
+    src.add_request(req)
+    for _ in range(8):
+        src.step()
+    state = src.pause("m")
+    exported = []
+    with src._lock:  # a step holds this while it runs
+        worker = threading.Thread(target=lambda: exported.append(src.export_blocks(state.block_ids)), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert exported, "export waited for the step in flight"
+    ids = dst.reserve_blocks(len(state.block_ids))
+    dst.import_blocks(ids, exported[0])
+    dst.commit_migrated(state, ids)
+    src.release("m")
+    run_to_completion(dst)
+    assert dst.get_request("m") is None
+    assert state.request.output_token_ids == never_migrated(small_model, MODES[mode])
+
+
 def test_migration_surface_errors(small_model):
     engine = make_engine(small_model)
     with pytest.raises(KeyError):

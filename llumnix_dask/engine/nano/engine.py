@@ -226,8 +226,13 @@ class NanoEngine:
     def export_blocks(self, block_ids: Seq[int]) -> torch.Tensor:
         """``[num_layers, 2, len(block_ids), block_size, kv_heads, head_dim]``, contiguous, on the engine's
         device."""
+        # Without the engine lock, so a paused request's last blocks need not wait for the step in flight (the
+        # downtime would grow with the batch's step time). Safe because migration only exports blocks no step
+        # writes: full blocks of a running request (a step writes only a request's newest block, or blocks
+        # just allocated) and the blocks of a paused one. Should the request lose its blocks meanwhile
+        # (preempted, finished, aborted), the migration sees it and aborts, discarding what was read.
         # no_grad, not inference_mode: the buffer must stay an ordinary tensor that transports may write into.
-        with self._lock, torch.no_grad():
+        with torch.no_grad():
             return self.cache.export(block_ids)
 
     def pause(self, request_id: str) -> MigrationState:
