@@ -1,6 +1,6 @@
 """Soak: many concurrent streams over HTTP, live migration on, and one instance killed halfway.
 
-An embedded cluster of nano instances (the built-in tiny model) serves the OpenAI API on a loopback port;
+An embedded cluster of nano instances (or vLLM ones, ``--backend vllm``; the built-in tiny model) serves the OpenAI API on a loopback port;
 an asyncio client opens every stream at once (``/v1/completions``, ``stream: true``, greedy and seeded).
 When half of the requests have finished, one instance's worker process is killed (SIGKILL). Every request
 must end one way or another: it completes (on its instances), completes after its instance died
@@ -10,8 +10,9 @@ that never touched the killed instance, and the peak RSS of all processes of the
 
     python benchmarks/soak.py                         # 1,000 streams on 4 instances, ~2-4 minutes on 2 cores
     python benchmarks/soak.py --requests 200 --instances 3
+    python benchmarks/soak.py --backend vllm --requests 300 --instances 3
 
-Prints a table; writes benchmarks/results/soak.json and soak.png.
+Prints a table; writes benchmarks/results/soak[_vllm].json and soak[_vllm].png.
 """
 
 from __future__ import annotations
@@ -108,10 +109,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, nargs=2, default=[16, 64], help="output length range")
     ap.add_argument("--deadline-s", type=float, default=600.0, help="a request not ended by then is lost")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", choices=["nano", "vllm"], default="nano")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
     engine = EngineConfig(num_blocks=1024, max_batch_size=64)
+    if args.backend == "vllm":  # blocks of 32 tokens (vLLM's CPU attention), same KV room; compiled mode
+        engine = EngineConfig(backend="vllm", num_blocks=512, block_size=32, max_batch_size=64)
+    name = "soak" if args.backend == "nano" else f"soak_{args.backend}"
     policy = PolicyConfig(dispatch="llumnix", migration_enabled=True)
     completions: dict[str, object] = {}
     with Cluster(args.instances, engine=engine, policy=policy, dashboard_address=None) as cluster:
@@ -205,7 +210,7 @@ def main() -> None:
         "peak_rss_gb": peak[0] / 2**30, "wall_s": wall, "first_errors": errors[:5],
         "load_average": os.getloadavg(),
     }
-    print(f"\n{args.requests} streams on {args.instances} instances, {wall:.1f} s; killed {dead} "
+    print(f"\n{args.requests} streams on {args.instances} {args.backend} instances, {wall:.1f} s; killed {dead} "
           f"at {killed.get('at', 0):.1f} s")
     for key in ("completed", "continued", "errored", "lost"):
         print(f"  {key:<10} {counts[key]:>6}")
@@ -213,8 +218,8 @@ def main() -> None:
           f"longest gap of a healthy stream {result['longest_gap_healthy_stream_s'] or 0:.2f} s at the client, "
           f"{result['longest_gap_healthy_stream_at_server_s'] or 0:.2f} s at the server; "
           f"peak RSS {result['peak_rss_gb']:.2f} GB")
-    _plot(records, killed, RESULTS / "soak.png", t0)
-    save("soak", {"args": vars(args), "result": result})
+    _plot(records, killed, RESULTS / f"{name}.png", t0)
+    save(name, {"args": vars(args), "result": result})
 
 
 def _plot(records: list[Record], killed: dict, path: Path, t0: float) -> None:
