@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,7 @@ def run_up(
             policy=policy_config,
             dashboard_address=dashboard_address,
         )
+    stop_on_sigterm()
     try:
         server = RunningServer(cluster, serve_config, log_level="warning")
         rows = cluster._instance_rows()
@@ -98,6 +101,22 @@ def run_up(
         server.run()
     finally:
         cluster.close()
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt  # the same way out as Ctrl-C: the server drains, then the cluster closes
+
+
+def stop_on_sigterm() -> None:
+    """Shut down on SIGTERM (``kill``, ``timeout``, a service manager) as on Ctrl-C.
+
+    uvicorn answers SIGTERM by draining its connections and then raises the signal again with the handler it
+    found; with Python's default that kills the process before the cluster is closed, orphaning its workers'
+    semaphores. This handler turns it into the KeyboardInterrupt that closes everything in order.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
 
 
 def _fetch_snapshot(url: str | None, scheduler: str | None, api_key: str | None) -> dict:
