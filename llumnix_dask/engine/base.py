@@ -29,7 +29,7 @@ and on the destination::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Container, Protocol, Sequence, runtime_checkable
 
 from llumnix_dask.policy.load import InstanceLoad
 from llumnix_dask.request import Request, RequestStatus
@@ -146,3 +146,11 @@ def check_new_request(
         )
     if req.sampling.stop and not has_tokenizer:
         raise ValueError("stop: stop strings need a tokenizer, and this model has no tokenizer.json")
+
+
+def check_reserved(reserved: Container[int], block_ids: Sequence[int], what: str) -> None:
+    """Raise ``ValueError`` unless every block of ``block_ids`` is in ``reserved`` (the blocks an engine holds
+    for incoming migrations): ``what`` names the call that was handed blocks it never reserved."""
+    missing = [b for b in block_ids if b not in reserved]
+    if missing:
+        raise ValueError(f"{what}: blocks {missing} were not reserved")

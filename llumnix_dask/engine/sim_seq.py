@@ -22,8 +22,9 @@ class SimSeq:
         self.request = request
         self.prompt_len = request.num_prompt_tokens
         self.max_tokens = request.sampling.max_tokens
-        self.generated = 0
-        self.total = self.prompt_len  # prompt + generated tokens (kept in step with ``generated``)
+        # Tokens it already has (generated elsewhere: a migration across processes, or a recovery).
+        self.generated = request.num_output_tokens
+        self.total = self.prompt_len + self.generated  # prompt + generated tokens (kept in step with ``generated``)
         self.block_ids: list[int] = []
         self.capacity = 0  # tokens the blocks can hold
         self.high = request.priority >= Priority.HIGH
@@ -38,14 +39,10 @@ class SimSeq:
 
     @classmethod
     def of(cls, request: Request) -> "SimSeq":
-        """The request's state: the one it carries (moved within a process), or new, counting the tokens it
-        generated elsewhere (a request that crossed a process boundary, or a recompute)."""
+        """The request's state: the one it carries (moved within a process), or a new one."""
         seq = request.metadata.get("sim_seq")
         if not isinstance(seq, SimSeq) or seq.request is not request:
-            seq = cls(request)
-            seq.generated = request.num_output_tokens
-            seq.total = seq.prompt_len + seq.generated
-            request.metadata["sim_seq"] = seq
+            seq = request.metadata["sim_seq"] = cls(request)
         return seq
 
     def __getstate__(self) -> dict:

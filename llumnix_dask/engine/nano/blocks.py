@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from llumnix_dask.engine.base import check_reserved
 from llumnix_dask.request import Request
 
 
@@ -115,9 +116,7 @@ class NanoBlocks:
         return ids
 
     def check_reserved(self, block_ids: Sequence[int], what: str) -> None:
-        missing = [b for b in block_ids if b not in self._reserved]
-        if missing:
-            raise ValueError(f"{what}: blocks {missing} were not reserved")
+        check_reserved(self._reserved, block_ids, what)
 
     def free_reserved(self, block_ids: Sequence[int]) -> None:
         self.check_reserved(block_ids, "free_blocks")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from llumnix_dask.engine.base import check_reserved
+
 
 class VllmBlocks:
     def __init__(self, kv_cache_manager: Any) -> None:
@@ -50,9 +52,7 @@ class VllmBlocks:
         return [b.block_id for b in blocks]
 
     def check_reserved(self, block_ids: Sequence[int], what: str) -> None:
-        missing = [b for b in block_ids if b not in self._reserved]
-        if missing:
-            raise ValueError(f"{what}: blocks {missing} were not reserved")
+        check_reserved(self._reserved, block_ids, what)
 
     def free(self, block_ids: Sequence[int]) -> None:
         self.check_reserved(block_ids, "free_blocks")
