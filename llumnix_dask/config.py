@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 DISPATCH_POLICIES = ("llumnix", "infaas", "round_robin", "random")
+# The dispatch policies that never migrate for balance (the baselines).
+NON_MIGRATING_POLICIES = ("infaas", "round_robin", "random")
 REQUEST_SELECTIONS = ("SR", "LR", "LCR", "FCW")
 ENGINE_BACKENDS = ("nano", "sim", "vllm")
 # KV block size (tokens) of the nano and sim backends when EngineConfig.block_size is None. The vllm backend
@@ -79,6 +81,10 @@ class PolicyConfig:
     # Whether a high-priority request may migrate when no normal one is eligible (its instance is kept light
     # for it, so moving it undoes that; the paper's runs never moved one).
     migrate_high_priority: bool = True
+    # How a draining instance (scale-down, ``Cluster.scale``) empties: by migrating its requests away, even under
+    # a policy that never migrates for balance (infaas, round_robin, random), or, with False, by serving them
+    # to the end while it receives no new ones (what the paper's INFaaS++ did: no migration at all).
+    drain_by_migration: bool = True
     # Time-to-first-token targets (seconds) of normal and high-priority requests, None = no target. SLO
     # attainment measures requests without their own ``slo`` against them; the dashboard draws them and the
     # control panel edits them live.

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from llumnix_dask.config import MigrationConfig, PolicyConfig, _check_positive, _fail
+from llumnix_dask.config import NON_MIGRATING_POLICIES, MigrationConfig, PolicyConfig, _check_positive, _fail
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,10 @@ def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
       ``migrate_high_priority=False``);
     * an instance holding high-priority requests counts as if it had only 100 blocks (``total - 100`` blocks
       of headroom: ``priority_instance_blocks=100``);
-    * auto-scaling checks the band every 10 s and acts at once (``scaling_patience_s=0``).
+    * auto-scaling checks the band every 10 s and acts at once (``scaling_patience_s=0``);
+    * the baselines (infaas, round_robin, random) never migrate, not even to drain an instance for a
+      scale-down: it serves its requests to the end (``drain_by_migration=False``; the artifact's shutdown
+      waits for them), where our default drains by migration under every policy.
 
     High-priority requests are dispatched by our rule (to the lightest real batch, see
     :mod:`llumnix_dask.policy.dispatch`), not the artifact's, which showed them the headroom on the instances
@@ -216,6 +219,8 @@ burst should not buy an instance that takes seconds to start)::
     base = {"migrate_out_freeness": threshold, "migrate_in_freeness": threshold, "request_selection": "LCR",
             "migration_interval_s": 0.2, "priority_instance_blocks": 100, "scaling_patience_s": 0.0,
             "migrate_high_priority": False}
+    if overrides.get("dispatch") in NON_MIGRATING_POLICIES:
+        base["drain_by_migration"] = False  # the baselines never migrated, not even to scale down
     return PolicyConfig(**{**base, **overrides})
 
 

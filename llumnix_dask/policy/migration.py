@@ -40,11 +40,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from llumnix_dask.config import PolicyConfig
+from llumnix_dask.config import NON_MIGRATING_POLICIES, PolicyConfig
 from llumnix_dask.policy.load import InstanceLoad, RequestLoad, freeness
 from llumnix_dask.request import Priority
 
-NON_MIGRATING_POLICIES = ("infaas", "round_robin", "random")
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,15 @@ lifts the mean of nine instances by ~100 blocks, which pushed a cluster drowning
 y and drained an instance right after every scale-up (up/down oscillation under bursts).
 
 * average freeness (over non-terminating instances) below ``scale_up_freeness`` (x) for at least
-  ``scaling_patience_s``, and fewer than ``max_instances`` -> ``"up"``;
-* above ``scale_down_freeness`` (y) for that long, more than ``min_instances`` and no drain already under
-  way -> ``"down"`` with the instance to drain: the one holding the fewest requests (least to migrate
-  away), ties broken by the highest freeness;
+  ``scaling_patience_s``, and fewer than ``max_instances`` -> ``"up"`` by ``count`` instances: as many
+  empty instances as it takes to lift the average back to x (at least one, up to ``max_instances``), so
+  a surge is met in one step instead of one instance per tick;
+* the cluster *without* the instance it would drain still above ``scale_down_freeness`` (y) for that long
+  (its capacity gone, its requests and their blocks still counted: they move to the others), more than
+  ``min_instances`` and no drain already under way -> ``"down"`` with the instance to drain: the one
+  holding the fewest requests (least to migrate away), ties broken by the highest freeness. Judging the
+  cluster as it will be after the drain, not as it is, keeps a drain from pushing the cluster below x and
+  buying the instance back at the next tick (up/down churn: every start and drain costs instance time);
 * otherwise ``"none"``.
 
 Instances that are starting up should be passed in as empty loads: they count towards the average
@@ -47,6 +52,7 @@ class ScalingDecision:
     action: str
     instance_id: str | None
     reason: dict
+    count: int = 0  # instances to add on "up"
 
 
 @dataclass
@@ -67,6 +73,34 @@ def cluster_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> flo
     return free / sum(max(1, x.num_requests) for x in active)
 
 
+def instances_to_add(loads: Sequence[InstanceLoad], config: PolicyConfig) -> int:
+    """How many empty instances lift the cluster's freeness to ``scale_up_freeness`` (at least 1), within
+    ``max_instances``. New instances are the size of the largest one serving."""
+    active = [x for x in loads if not x.terminating]
+    room = config.max_instances - len(active)
+    if room <= 0:
+        return 0
+    if not active:
+        return 1
+    size = max(x.total_blocks for x in active)
+    free = sum(x.total_blocks - virtual_usage(x, config) for x in active)
+    requests = sum(max(1, x.num_requests) for x in active)
+    x = config.scale_up_freeness
+    if size <= x:
+        return room
+    # (free + n * size) / (requests + n) >= x  <=>  n >= (x * requests - free) / (size - x)
+    return max(1, min(room, math.ceil((x * requests - free) / (size - x))))
+
+
+def freeness_without(loads: Sequence[InstanceLoad], victim: InstanceLoad, config: PolicyConfig) -> float:
+    """The cluster's freeness once ``victim`` is drained: its capacity gone, its requests on the others."""
+    active = [x for x in loads if not x.terminating]
+    free = sum(x.total_blocks - virtual_usage(x, config) for x in active if x is not victim)
+    free -= virtual_usage(victim, config)
+    requests = sum(max(1, x.num_requests) for x in active if x is not victim) + victim.num_requests
+    return free / max(1, requests)
+
+
 def scaling_decision(
     loads: Sequence[InstanceLoad], config: PolicyConfig, now: float, state: ScalingState
 ) -> ScalingDecision:
@@ -84,9 +118,12 @@ def scaling_decision(
         state.direction, state.since = None, None
         return ScalingDecision("none", None, {**reason, "why": "scaling disabled"})
 
+    victim = min(active, key=lambda x: (x.num_requests, -freeness(x, config))) if len(active) > 1 else None
+    after = freeness_without(active, victim, config) if victim is not None else -math.inf
+    reason["freeness_after_drain"] = after
     if avg < config.scale_up_freeness and len(active) < config.max_instances:
         direction = "up"
-    elif avg > config.scale_down_freeness and len(active) > config.min_instances and draining == 0:
+    elif after > config.scale_down_freeness and len(active) > config.min_instances and draining == 0:
         direction = "down"
     else:
         state.direction, state.since = None, None
@@ -100,7 +137,9 @@ def scaling_decision(
         return ScalingDecision("none", None, {**reason, "why": f"waiting to scale {direction}"})
     state.direction, state.since = None, None  # restart the patience clock after acting
     if direction == "up":
-        return ScalingDecision("up", None, {**reason, "why": "average freeness below x"})
-    victim = min(active, key=lambda x: (x.num_requests, -freeness(x, config)))
+        count = instances_to_add(active, config)
+        return ScalingDecision("up", None, {**reason, "add": count, "why": "average freeness below x"}, count)
+    assert victim is not None
     reason["drain_requests"] = victim.num_requests
-    return ScalingDecision("down", victim.instance_id, {**reason, "why": "average freeness above y"})
+    return ScalingDecision("down", victim.instance_id,
+                           {**reason, "why": "freeness above y even without the drained instance"})

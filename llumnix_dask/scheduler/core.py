@@ -22,7 +22,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from llumnix_dask.config import PolicyConfig, updated_policy
+from llumnix_dask.config import NON_MIGRATING_POLICIES, PolicyConfig, updated_policy
 from llumnix_dask.policy import admission as admission_policy
 from llumnix_dask.policy import dispatch as dispatch_policy
 from llumnix_dask.policy import migration as migration_policy
@@ -227,15 +227,18 @@ class GlobalScheduler:
 
     # -- migration -----------------------------------------------------------------------------------
     def plan_migrations(self) -> list[PlannedMigration]:
-        """Pairs for this migration tick. Draining instances migrate out even when migration is off."""
+        """Pairs for this migration tick. Draining instances migrate out even when migration is off, unless
+        ``drain_by_migration`` is False (then they only finish what they hold)."""
         self.expire_pending()  # every tick, so an idle instance's stale pending requests lapse too
         if len(self.instances) < 2:
             return []
         idle = {iid for iid, rec in self.instances.items() if not rec.migrating}
-        migrates = self.policy.migration_enabled and self.policy.dispatch not in migration_policy.NON_MIGRATING_POLICIES
+        migrates = self.policy.migration_enabled and self.policy.dispatch not in NON_MIGRATING_POLICIES
         if migrates:
             pairs = migration_policy.pair_instances(self.loads(), self.policy)
-        elif any(r.terminating for r in self.instances.values()):
+            if not self.policy.drain_by_migration:
+                pairs = [p for p in pairs if not self.instances[p.src].terminating]
+        elif self.policy.drain_by_migration and any(r.terminating for r in self.instances.values()):
             # Draining needs migration even under a policy that never migrates for balance.
             drain_policy = dataclasses.replace(self.policy, migration_enabled=True, dispatch="llumnix")
             pairs = migration_policy.pair_instances(self.loads(), drain_policy)
@@ -330,6 +333,17 @@ class GlobalScheduler:
             self._log("drain", reason, instance_id=instance_id)
         return rec
 
+    def cancel_drain(self, instance_id: str, reason: str) -> None:
+        """Take a draining instance back into service (it serves and receives requests again)."""
+        rec = self.instances[instance_id]
+        if rec.terminating:
+            rec.terminating = False
+            rec.load = dataclasses.replace(rec.load, terminating=False)
+            if rec.report is not None:
+                rec.report = dataclasses.replace(rec.report, terminating=False)
+            self._refresh(rec, self.clock())
+            self._log("drain", f"drain cancelled: {reason}", instance_id=instance_id)
+
     def choose_to_drain(self, count: int) -> list[str]:
         """The ``count`` active instances that are cheapest to empty (fewest requests, then freest)."""
         active = [r for r in self.instances.values() if not r.terminating]
@@ -350,10 +364,25 @@ class GlobalScheduler:
             return None
         now = self.clock()
         loads = [r.load for r in self.instances.values()]
-        decision = scaling_policy.scaling_decision(loads, self.policy, now, self.scaling_state)
         active = sum(1 for r in self.instances.values() if not r.terminating)
+        # Instances asked for but not serving yet count as empty ones (what the cluster will soon be), so a
+        # surge is not answered twice while they start.
+        total = max((r.load.total_blocks for r in self.instances.values()), default=0)
+        starting = max(0, (self.target_instances or 0) - active)
+        loads += [InstanceLoad(f"starting-{i}", total, 0) for i in range(starting if total else 0)]
+        decision = scaling_policy.scaling_decision(loads, self.policy, now, self.scaling_state)
         if decision.action == "up":
-            self.target_instances = min(self.policy.max_instances, max(self.target_instances or 0, active + 1))
+            count = max(1, decision.count)
+            # A drain still under way is the cheapest instance to have back: it is serving already, and
+            # keeping it saves both the start of a new one and the rest of the drain. Only instances still
+            # holding requests are taken back (an empty one may already be on its way out).
+            for rec in sorted((r for r in self.instances.values() if r.terminating and r.load.num_requests),
+                              key=lambda r: -r.load.num_requests)[:count]:
+                self.cancel_drain(rec.instance_id, f"scale up: {decision.reason}")
+                count -= 1
+                active += 1
+            wanted = active + starting + count
+            self.target_instances = min(self.policy.max_instances, max(self.target_instances or 0, wanted))
             self._log("scaling", f"scale up to {self.target_instances}: {decision.reason}")
         elif decision.action == "down" and decision.instance_id in self.instances:
             self.target_instances = max(self.policy.min_instances, active - 1)

@@ -32,7 +32,7 @@ import numpy as np
 
 from llumnix_dask.sim_config import SimConfig
 from llumnix_dask.engine.sim import SimEngine, SimSeq
-from llumnix_dask.policy.migration import NON_MIGRATING_POLICIES
+from llumnix_dask.config import NON_MIGRATING_POLICIES
 from llumnix_dask.request import Priority, Request, SamplingParams
 from llumnix_dask.scheduler.core import GlobalScheduler
 from llumnix_dask.wire.scheduler_api import FinishedRequest

@@ -2,7 +2,7 @@ import pytest
 
 from llumnix_dask.config import PolicyConfig
 from llumnix_dask.policy.load import InstanceLoad
-from llumnix_dask.policy.scaling import ScalingState, cluster_freeness, scaling_decision
+from llumnix_dask.policy.scaling import ScalingState, cluster_freeness, instances_to_add, scaling_decision
 
 
 def inst(iid, total, running_blocks, n, **kw):
@@ -72,3 +72,32 @@ def test_average_is_request_weighted_so_an_empty_instance_does_not_trigger_a_dra
     assert d.action == "up" and d.reason["average_freeness"] == pytest.approx(100 / 21)
     # An idle cluster has the freeness of an idle instance.
     assert cluster_freeness([InstanceLoad("a", 100, 0), InstanceLoad("b", 100, 0)], cfg) == 100.0
+
+
+def test_no_drain_that_would_push_the_cluster_back_below_the_band():
+    # Two instances of 100 blocks holding 40 blocks over 1 request each: average freeness 60 > y = 40, but
+    # without one of them the other would hold both requests' 80 blocks: (100 - 80) / 2 = 10 < x. A drain now
+    # would buy the instance back at the next tick.
+    cfg = PolicyConfig(scaling_enabled=True, scale_up_freeness=10, scale_down_freeness=40, scaling_patience_s=0)
+    loads = [inst("a", 100, 40, 1), inst("b", 100, 40, 1)]
+    d = scaling_decision(loads, cfg, 0.0, ScalingState())
+    assert d.action == "none"
+    assert d.reason["average_freeness"] == 60 and d.reason["freeness_after_drain"] == 10
+    # With less load the drain keeps the cluster above y, and it happens.
+    loads = [inst("a", 100, 10, 1), inst("b", 100, 5, 1)]
+    d = scaling_decision(loads, cfg, 0.0, ScalingState())
+    assert (d.action, d.instance_id) == ("down", "b") and d.reason["freeness_after_drain"] == 42.5
+
+
+def test_scale_up_adds_as_many_instances_as_the_load_needs():
+    cfg = PolicyConfig(scaling_enabled=True, scale_up_freeness=10, scale_down_freeness=60, scaling_patience_s=0,
+                       max_instances=8)
+    # 2 x 100 blocks, 20 requests holding 190 blocks: F = 0.5. n empty instances give (10 + 100 n) / (20 + n) >= 10
+    # from n = 190 / 90 -> 3.
+    loads = [inst("a", 100, 95, 10), inst("b", 100, 95, 10)]
+    assert instances_to_add(loads, cfg) == 3
+    d = scaling_decision(loads, cfg, 0.0, ScalingState())
+    assert (d.action, d.count) == ("up", 3)
+    # Never beyond max_instances; at least one when just below x.
+    assert instances_to_add(loads, PolicyConfig(scale_up_freeness=10, max_instances=3)) == 1
+    assert instances_to_add([inst("a", 100, 55, 5)], cfg) == 1

@@ -144,6 +144,23 @@ def test_scaling_up_raises_the_target_and_down_drains_the_emptiest():
     assert gs.instances[decision.instance_id].terminating and gs.target_instances == 1
 
 
+def test_a_scale_up_takes_back_a_drain_under_way_before_starting_an_instance():
+    gs = make(busy("a"), busy("b"), scaling_enabled=True, scaling_patience_s=0, max_instances=4,
+              scale_up_freeness=10, scale_down_freeness=60)
+    gs.drain("b", "test")
+    gs.target_instances = 1
+    decision = gs.scaling_tick()  # a alone: (100 - 95) / 2 requests = 2.5 < x; one more instance is enough
+    assert (decision.action, decision.count) == ("up", 1)
+    assert not gs.instances["b"].terminating  # b serves again; nothing new to start
+    assert gs.target_instances == 2
+    assert any(d.kind == "drain" and "cancelled" in d.reason for d in gs.decisions)
+    # a and b together are still short, (5 + 5) / 4 = 2.5: one instance is started ...
+    assert gs.scaling_tick().action == "up" and gs.target_instances == 3
+    # ... and while it starts it counts as an empty one, (10 + 100) / 5 = 22 > x: the same shortage is not
+    # answered twice.
+    assert gs.scaling_tick().action == "none" and gs.target_instances == 3
+
+
 def test_policy_knobs_are_validated_and_coerced():
     gs = make(idle("a"))
     assert gs.set_policy({"dispatch": "round_robin", "migration_enabled": "false"}).migration_enabled is False
