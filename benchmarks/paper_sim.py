@@ -21,7 +21,10 @@ error against the artifact's decode mean and the grid point of least RMS error. 
 rates, P99 prefill, preemption loss) stays out of the fit and is the validation.
 
 The artifact's numbers are read off its reproduction plot (``artifact/63_serving_performance/plot/
-figure11.png`` on branch osdi24ae of the authors' repository) by eye: +-5% of each panel's range.
+figure11.png`` on branch osdi24ae of the authors' repository) by eye: +-5% of each panel's range. That plot has
+no ShareGPT row; ShareGPT's reference is the paper's own Fig. 11 (``figure11_paper.pdf`` next to it), read the
+same way, at the paper's 5 rates. ShareGPT is swept past the paper's rates too (``BEYOND_PAPER``), to where the
+simulated testbed has its knee; the checks report the paper's rates and the longer sweep separately.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ from llumnix_dask.sim_config import SimConfig  # noqa: E402
 from llumnix_dask.sim import simulate  # noqa: E402
 from llumnix_dask.workloads import generate_trace  # noqa: E402
 
-# The paper's rates (its Fig. 11), 7 per trace.
+# The paper's rates (its Fig. 11), 7 per trace (ShareGPT: the paper's 5, then 3 past them, see BEYOND_PAPER).
 TRACE_RATES = {
-    "ShareGPT": [round(x, 3) for x in np.linspace(7.0, 8.0, 7)],
+    "ShareGPT": [7.0, 7.25, 7.5, 7.75, 8.0, 8.5, 9.0, 9.5],
     "BurstGPT": [round(x, 3) for x in np.linspace(7.5, 8.5, 7)],
     "S-S": [32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0],
     "M-M": [7.4, 7.5, 7.6, 7.7, 7.8, 7.9, 8.0],
@@ -53,6 +56,10 @@ TRACE_RATES = {
     "L-S": [10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 22.0],
 }
 REAL_TRACES = ("ShareGPT", "BurstGPT")
+# Rates swept past the paper's: the simulated A10 serves the ShareGPT-like trace ~14% better than the paper's
+# testbed did (INFaaS++ here at 9.0 req/s looks like the paper's at 7.75-8.0: P99 prefill ~20 s, preemption
+# loss ~1 s, decode mean ~0.065 s), so the paper's range ends before the knee. Checks report both.
+BEYOND_PAPER = {"ShareGPT": (8.5, 9.0, 9.5)}
 QUICK = {"M-M": [7.6, 8.0], "L-L": [2.8, 3.2]}
 # Read off the artifact's figure11.png (INFaaS++ and Llumnix, generated traces; approximate).
 ARTIFACT = {
@@ -68,6 +75,12 @@ ARTIFACT = {
     "S-L": {"prefill_p99": ([1, 1, 2, 50, 50, 70, 147], [1, 2, 11, 17, 16, 42, 49]),
             "decode_mean": ([0.054, 0.057, 0.058, 0.063, 0.067, 0.070, 0.076], None),
             "preemption_loss": ([3.0, 3.9, 4.2, 5.5, 6.2, 6.6, 7.7], [0.6, 0.7, 1.3, 1.9, 2.1, 3.1, 3.8])},
+    # From the paper's own Fig. 11 (figure11_paper.pdf in the artifact: the reproduction has no ShareGPT row), at
+    # its 5 rates; None past them.
+    "ShareGPT": {"prefill_p99": ([1.5, 4.5, 14, 20, 28, None, None, None], [1.5, 1.5, 2.5, 5, 9, None, None, None]),
+                 "decode_mean": ([0.054, 0.056, 0.057, 0.060, 0.063, None, None, None], None),
+                 "preemption_loss": ([0.09, 0.18, 0.22, 0.48, 1.05, None, None, None],
+                                     [0.0, 0.0, 0.01, 0.11, 0.44, None, None, None])},
     "L-S": {"prefill_p99": ([4, 8, 12, 22, 80, 170, 270], [5, 5, 7, 8, 65, 115, 190]),
             "decode_mean": ([0.047, 0.048, 0.053, 0.057, 0.065, 0.065, 0.066], None),
             "preemption_loss": ([0.0, 0.025, 0.045, 0.115, 0.18, 0.165, 0.165], [0.0, 0.0, 0.0, 0.005, 0.10, 0.19, 0.14])},
@@ -90,7 +103,8 @@ def jobs_for(points: dict[str, list[float]], seeds: list[int], requests: int) ->
                     # The same trace (seeded) for every policy; built when its run starts.
                     jobs.append(({"trace": trace_name, "rate": rate, "policy": policy, "seed": seed},
                                  lambda cfg=cfg, t=trace_name, r=rate, s=seed: simulate(
-                                     cfg, generate_trace(t, requests, r, "poisson", seed=s))))
+                                     cfg, generate_trace(t, requests, r, "poisson", seed=s,
+                                                         max_request_tokens=cfg.max_request_tokens))))
     return jobs
 
 
@@ -139,8 +153,10 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def checks(qs: list[dict]) -> dict:
     gen = [q for q in qs if q["trace"] not in REAL_TRACES and q["baseline"] == "infaas"]
-    real_inf = [q for q in qs if q["trace"] in REAL_TRACES and q["baseline"] == "infaas"]
-    real_rr = [q for q in qs if q["trace"] in REAL_TRACES and q["baseline"] == "round_robin"]
+    real_inf_all = [q for q in qs if q["trace"] in REAL_TRACES and q["baseline"] == "infaas"]
+    real_inf = [q for q in real_inf_all if q["rate"] not in BEYOND_PAPER.get(q["trace"], ())]
+    real_rr = [q for q in qs if q["trace"] in REAL_TRACES and q["baseline"] == "round_robin"
+               and q["rate"] not in BEYOND_PAPER.get(q["trace"], ())]
     best = lambda items, k: max((q[k] for q in items if q[k] is not None), default=None)  # noqa: E731
     cuts = [q["preemption_loss_cut_pct"] for q in gen if q["preemption_loss_cut_pct"] is not None]
     out = {
@@ -151,14 +167,20 @@ def checks(qs: list[dict]) -> dict:
                                         sum(q["fragmentation_pct_llumnix"] for q in gen) / len(gen) if gen else None],
         "llumnix_worse_beyond_noise_at": [(q["trace"], q["rate"]) for q in qs if q["llumnix_worse_beyond_noise"]],
         "real_best_p99_prefill_vs_infaas_x": best(real_inf, "prefill_p99"),
+        "real_best_p99_prefill_vs_infaas_x_beyond": best(real_inf_all, "prefill_p99"),
         "real_best_p99_prefill_vs_round_robin_x": best(real_rr, "prefill_p99"),
     }
     targets = [
         ("generated: best P99 prefill INFaaS++/Llumnix >= 10x", out["generated_best_p99_prefill_x"], 10),
         ("generated: best mean prefill INFaaS++/Llumnix >= 4x", out["generated_best_mean_prefill_x"], 4),
         ("generated: preemption loss >= 60% lower (mean over points)", out["generated_mean_preemption_loss_cut_pct"], 60),
-        ("real-like: best P99 prefill INFaaS++/Llumnix >= 3x", out["real_best_p99_prefill_vs_infaas_x"], 3),
-        ("real-like: best P99 prefill round-robin/Llumnix >= 20x", out["real_best_p99_prefill_vs_round_robin_x"], 20),
+        ("real-like: best P99 prefill INFaaS++/Llumnix >= 3x, at the paper's rates",
+         out["real_best_p99_prefill_vs_infaas_x"], 3),
+        ("real-like: best P99 prefill INFaaS++/Llumnix >= 3x, sweep continued past the paper's rates "
+         + ", ".join(f"({t} to {max(r):g} req/s)" for t, r in BEYOND_PAPER.items()),
+         out["real_best_p99_prefill_vs_infaas_x_beyond"], 3),
+        ("real-like: best P99 prefill round-robin/Llumnix >= 20x, at the paper's rates",
+         out["real_best_p99_prefill_vs_round_robin_x"], 20),
     ]
     out["targets"] = [{"target": t, "value": v, "met": v is not None and v >= goal} for t, v, goal in targets]
     frag = out["generated_fragmentation_pct"]
@@ -177,9 +199,9 @@ def references_for_plot() -> dict:
         inf = {"x": TRACE_RATES[trace]}
         ll = {"x": TRACE_RATES[trace]}
         for m, (a, b) in metrics.items():
-            inf[m] = a
+            inf[m] = [np.nan if v is None else v for v in a]
             if b is not None:
-                ll[m] = b
+                ll[m] = [np.nan if v is None else v for v in b]
         refs[trace] = {"artifact INFaaS++": inf, "artifact Llumnix": ll}
     return refs
 
@@ -199,7 +221,8 @@ def calibrate(requests: int, seeds: list[int], progress: bool) -> dict:
                 for seed in seeds:
                     cfg = replace(SimConfig.paper(t, dispatch="infaas"), latency=lat)
                     jobs.append(({"c0": c0, "c1": c1, "trace": t, "rate": rate, "seed": seed},
-                                 lambda cfg=cfg, t=t, r=rate, s=seed: simulate(cfg, generate_trace(t, requests, r, seed=s))))
+                                 lambda cfg=cfg, t=t, r=rate, s=seed: simulate(cfg, generate_trace(
+                                     t, requests, r, seed=s, max_request_tokens=cfg.max_request_tokens))))
     rows = spread(run_all(jobs, progress=progress), ("c0", "c1", "trace", "rate"), ("decode_mean",))
     fits = []
     for c0 in CALIBRATION_GRID[0]:
@@ -245,7 +268,8 @@ def main() -> None:
               f"16 instances of a10-llama-7b (785 blocks, 12,800 batched tokens), paper policy parameters")
         per_seed = run_all(jobs_for(points, seeds, requests), progress=not args.no_progress)
         rows = spread(per_seed, ("trace", "rate", "policy"), FIELDS)
-        print("\n== validation: INFaaS++ against the artifact's reproduction of Fig. 11 (ours = mean over seeds)")
+        print("\n== validation: INFaaS++ against the artifact's reproduction of Fig. 11 (ShareGPT: the paper's "
+              "Fig. 11; ours = mean over seeds)")
         val = validation(rows)
         print_rows(val, [("trace", "trace", 0), ("rate", "rate", 2), ("decode_mean", "decode mean", 4),
                          ("art_decode_mean", "artifact", 3), ("preemption_loss", "preempt loss", 2),

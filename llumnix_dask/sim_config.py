@@ -260,6 +260,12 @@ class SimConfig:
         if not 0.0 <= self.admission_watermark < 1.0:
             _fail(self, "admission_watermark", f"must be in [0, 1), got {self.admission_watermark!r}")
 
+    @property
+    def max_request_tokens(self) -> int:
+        """The longest request (prompt + output tokens) one instance can hold: its blocks less the admission
+        watermark. Pass it to :func:`~llumnix_dask.workloads.generate_trace` for ShareGPT-like traces."""
+        return (self.blocks_per_instance - int(self.admission_watermark * self.blocks_per_instance)) * self.block_size
+
     @classmethod
     def for_profile(cls, profile: str | EngineProfile, **overrides: Any) -> "SimConfig":
         """A config whose instances are ``profile`` (a name of :data:`ENGINE_PROFILES` or a profile)."""

@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 MAX_LEN = 6144
+# ShareGPT-like pairs reach at most this many tokens, input + output (the artifact's loader dropped longer records).
+SHAREGPT_MAX_TOKENS = 12_800
 # Zipf exponent per target mean (the paper's generated traces, section 6.1).
 ZIPF_ALPHA = {128: 2.0, 256: 1.5, 512: 1.15}
 # Trace presets: (mean input length, mean output length).
@@ -36,11 +38,13 @@ TRACE_PRESETS = {
 }
 # Real-trace-like lengths: (P50, P99) of the input and output lengths of the paper's real traces
 # (the paper's Table 1), drawn from log-normal distributions with that median and 99th percentile (their means come
-# out within ~10% of the traces' means: ShareGPT in 286 vs 306, out 527 vs 500; BurstGPT in 787 vs 830).
+# out within ~10% of the traces' means: ShareGPT in ~275 vs 306 (after its cap, below), out 527 vs 500; BurstGPT in 787
+# vs 830).
 # The datasets themselves are not shipped; load_trace reads them when you have them. What the artifact's
 # loaders took (benchmarks-repo/benchmark_throughput.py, branch osdi24ae): ShareGPT = sharegpt_gpt4.jsonl (the
 # GPT-4 conversations), the first human -> gpt turn of each record in file order, records of 12,800 tokens or
-# more dropped, no 6,144 clip; BurstGPT = random rows of the GPT-4 conversation log, each length clipped at
+# more dropped, no 6,144 clip (generate_trace does the same: a ShareGPT-like pair at or above max_request_tokens
+# is redrawn, ~0.4% of the prompts are longer than 6,144 tokens); BurstGPT = random rows of the GPT-4 conversation log, each length clipped at
 # 6,144, failed rows (0 response tokens) kept as 1-token requests. Their arrivals: the AE scripts pass no
 # arrival process for the datasets (the client's default then sends every request at once), the paper's own
 # runner (benchmarks-repo/run_dataset) passes Poisson, as here. The paper gives no output statistics for
@@ -145,18 +149,34 @@ def generate_trace(
     cv: float = 1.0,
     high_priority_fraction: float = 0.0,
     seed: int = 0,
+    max_request_tokens: int = SHAREGPT_MAX_TOKENS,
 ) -> Trace:
     """A generated trace: ``preset`` is one of S-S, M-M, L-L, S-L, L-S (Zipf lengths), or ShareGPT / BurstGPT
-    (lengths with those traces' statistics, see :data:`REAL_TRACE_STATS`)."""
+    (lengths with those traces' statistics, see :data:`REAL_TRACE_STATS`).
+
+    Lengths are capped as the artifact's loaders capped them: the generated traces and BurstGPT clip input
+    and output at 6,144 tokens each; ShareGPT does not clip, it redraws every pair whose input + output
+    reaches ``max_request_tokens`` (12,800: the artifact dropped such records). Pass an instance's KV capacity
+    in tokens when it is smaller, so that every request fits on one instance::
+
+        >>> t = generate_trace("ShareGPT", 5000, rate=8.0, seed=0, max_request_tokens=12_432)
+        >>> bool(t.input_lens.max() > 6144), bool((t.input_lens + t.output_lens).max() < 12_432)
+        (True, True)
+    """
     if preset not in TRACE_PRESETS and preset not in REAL_TRACE_STATS:
         raise ValueError(f"trace: unknown trace {preset!r}; choose one of "
                          f"{', '.join([*TRACE_PRESETS, *REAL_TRACE_STATS])}")
     _check_common(num_requests, high_priority_fraction)
+    if not (isinstance(max_request_tokens, (int, np.integer)) and max_request_tokens >= 2048):
+        raise ValueError(f"max_request_tokens: must be an integer >= 2048, got {max_request_tokens!r}")
     rng = np.random.default_rng(seed)
     if preset in REAL_TRACE_STATS:
         (in50, in99), (out50, out99) = REAL_TRACE_STATS[preset]
-        inputs = lognormal_lengths(in50, in99, num_requests, rng)
-        outputs = lognormal_lengths(out50, out99, num_requests, rng)
+        if preset == "ShareGPT":
+            inputs, outputs = _pairs_below(in50, in99, out50, out99, num_requests, rng, int(max_request_tokens))
+        else:
+            inputs = lognormal_lengths(in50, in99, num_requests, rng)
+            outputs = lognormal_lengths(out50, out99, num_requests, rng)
         return _finish(preset, inputs, outputs, num_requests, rate, arrival, cv, high_priority_fraction, rng)
     in_mean, out_mean = TRACE_PRESETS[preset]
     inputs = zipf_lengths(in_mean, num_requests, rng)
@@ -184,6 +204,39 @@ def trace_from_lengths(
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(inputs), size=num_requests, replace=num_requests > len(inputs))
     return _finish(name, inputs[idx], outputs[idx], num_requests, rate, arrival, cv, high_priority_fraction, rng)
+
+
+def _pairs_below(in50, in99, out50, out99, n, rng, limit) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` (input, output) log-normal pairs, unclipped, each pair redrawn until input + output < ``limit``.
+
+    The statistics describe the trace after its long records were dropped, so the input's spread is the one
+    whose 99th percentile *below the cap* is ``in99`` (dropping the tail alone would pull it ~5% lower)."""
+    unclipped = np.iinfo(np.int64).max
+    sigma = _sigma_below(in50, in99, limit - out50)
+    inputs = np.ceil(rng.lognormal(np.log(in50), sigma, size=n)).astype(np.int64)
+    outputs = lognormal_lengths(out50, out99, n, rng, max_len=unclipped)
+    while (over := inputs + outputs >= limit).any():
+        k = int(over.sum())
+        inputs[over] = np.ceil(rng.lognormal(np.log(in50), sigma, size=k)).astype(np.int64)
+        outputs[over] = lognormal_lengths(out50, out99, k, rng, max_len=unclipped)
+    return np.maximum(inputs, 1), outputs
+
+
+def _sigma_below(p50: float, p99: float, cap: float) -> float:
+    """The log-normal spread (median ``p50``) whose 99th percentile is ``p99`` once values >= ``cap`` are
+    dropped: Phi(z99 / sigma) = 0.99 Phi(z_cap / sigma), solved by bisection (z = log of the ratio to p50)."""
+    from statistics import NormalDist
+
+    phi = NormalDist().cdf
+    z99, zcap = np.log(p99 / p50), np.log(cap / p50)
+    lo, hi = z99 / 2.3263478740408408, z99  # the untruncated spread, and one far too wide
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if phi(z99 / mid) > 0.99 * phi(zcap / mid):
+            lo = mid  # P99 of the truncated distribution still below p99: widen
+        else:
+            hi = mid
+    return float(lo)
 
 
 def _finish(name, inputs, outputs, n, rate, arrival, cv, hp_fraction, rng) -> Trace:
@@ -272,10 +325,13 @@ def load_trace(
     cv: float = 1.0,
     high_priority_fraction: float = 0.0,
     seed: int = 0,
+    max_request_tokens: int = SHAREGPT_MAX_TOKENS,
 ) -> Trace:
-    """A preset name (S-S, M-M, ...) or a path to a ShareGPT .json/.jsonl or BurstGPT .csv file."""
+    """A preset name (S-S, M-M, ...) or a path to a ShareGPT .json/.jsonl or BurstGPT .csv file.
+    ``max_request_tokens`` caps the generated ShareGPT-like pairs (see :func:`generate_trace`)."""
     if source in TRACE_PRESETS or source in REAL_TRACE_STATS:
-        return generate_trace(source, num_requests, rate, arrival, cv, high_priority_fraction, seed)
+        return generate_trace(source, num_requests, rate, arrival, cv, high_priority_fraction, seed,
+                              min(max_request_tokens, SHAREGPT_MAX_TOKENS))
     path = Path(source)
     if not path.exists():
         raise ValueError(f"trace: {source!r} is neither a preset ({', '.join([*TRACE_PRESETS, *REAL_TRACE_STATS])}) "

@@ -119,7 +119,8 @@ def run_sim_command(
                               preset=preset, trace=trace, profile=profile, blocks=blocks,
                               max_batched_tokens=max_batched_tokens, max_batch_size=max_batch_size,
                               watermark=watermark)
-    workload = load_trace(trace, requests, rate, arrival, cv, high_priority, seed)
+    workload = load_trace(trace, requests, rate, arrival, cv, high_priority, seed,
+                          max_request_tokens=config.max_request_tokens)
     result = simulate(config, workload, progress=progress)
     console = Console()
     if not console.is_terminal:  # piped / captured: do not squeeze the table into 80 columns

@@ -78,7 +78,7 @@ class Simulator:
         self.samples: dict[str, list] = {"fragmentation": [], "util": [], "series": [], "queued": [0]}
         self.scaling_events: list[dict] = []
         self._bar = None
-        max_len = (config.blocks_per_instance - self._watermark_blocks()) * config.block_size
+        max_len = config.max_request_tokens
         too_long = np.flatnonzero(trace.input_lens + trace.output_lens > max_len)
         if len(too_long):
             raise ValueError(f"trace: request {int(too_long[0])} needs more than an instance's {max_len} tokens "

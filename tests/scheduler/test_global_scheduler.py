@@ -68,6 +68,25 @@ def test_drain_migrates_even_when_the_policy_never_migrates():
     assert plans[0].request_id in ("a-a", "a-b")
 
 
+@pytest.mark.parametrize("dispatch", ["infaas", "llumnix"])
+def test_without_drain_by_migration_a_drained_instance_only_finishes_what_it_holds(dispatch):
+    gs = make(busy("a"), idle("b"), dispatch=dispatch, drain_by_migration=False)
+    gs.drain("a", "scale down")
+    assert gs.plan_migrations() == []
+    assert gs.dispatch(RequestLoad("r", 1)).instance_id == "b"
+    gs.update_load(idle("a"))  # its requests finished
+    assert [r.instance_id for r in gs.drained()] == ["a"]
+
+
+def test_the_paper_preset_drains_its_baselines_without_migration():
+    from llumnix_dask.sim_config import paper_policy
+
+    assert paper_policy("L-L", dispatch="infaas").drain_by_migration is False
+    assert paper_policy("L-L", dispatch="round_robin").drain_by_migration is False
+    assert paper_policy("L-L").drain_by_migration is True
+    assert PolicyConfig(dispatch="infaas").drain_by_migration is True
+
+
 def test_drained_instance_is_ready_to_retire_only_when_empty():
     gs = make(busy("a"), idle("b"))
     gs.drain("a", "test")
