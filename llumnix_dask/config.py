@@ -68,6 +68,10 @@ class PolicyConfig:
     request_selection: str = "SR"
     # Dispatch skips instances whose freeness is below this while a non-busy one exists.
     busy_freeness: float = 10.0
+    # Dispatch counts the requests sent to an instance that its load reports do not show yet, so a burst that
+    # arrives between two reports spreads out. False: dispatch sees each instance's last report alone, as the
+    # paper's global scheduler did (a burst then goes to the instance that reported itself freest).
+    count_unreported_dispatches: bool = True
     # De-fragmentation: only the head-of-line queued request counts, in full, in virtual usage.
     defragmentation: bool = True
     # Priorities: an instance holding high-priority requests reserves this many blocks of fake usage per

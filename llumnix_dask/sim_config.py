@@ -192,6 +192,9 @@ def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
       ``migrate_high_priority=False``);
     * an instance holding high-priority requests counts as if it had only 100 blocks (``total - 100`` blocks
       of headroom: ``priority_instance_blocks=100``);
+    * dispatch sees each instance's load as of its last step's report, not the requests sent to it since
+      (``count_unreported_dispatches=False``: the artifact's dispatcher read its instance table as last updated,
+      so the requests of a burst that arrive within one step all go to the instance that reported freest);
     * auto-scaling checks the band every 10 s and acts at once (``scaling_patience_s=0``);
     * the baselines (infaas, round_robin, random) never migrate, not even to drain an instance for a
       scale-down: it serves its requests to the end (``drain_by_migration=False``; the artifact's shutdown
@@ -204,7 +207,8 @@ def paper_policy(trace: str | None = None, **overrides: Any) -> PolicyConfig:
 
     Where our defaults (``PolicyConfig()``) differ, and why: thresholds 10 / 60 (a gap, so a request that
     moved does not make its destination a source at the next tick - on a shared cluster of different
-    instance sizes); selection "SR" (least KV to copy, what a slow network wants); 50 ms ticks (our migration
+    instance sizes); selection "SR" (least KV to copy, what a slow network wants); requests sent since an
+    instance's last report count on it (bursts spread out); 50 ms ticks (our migration
     is asynchronous, a tick costs little); headroom 320 blocks per high-priority request (scales with how many
     there are instead of reserving most of an instance for the first one); a scaling patience of 30 s (one
 burst should not buy an instance that takes seconds to start)::
@@ -218,7 +222,7 @@ burst should not buy an instance that takes seconds to start)::
     threshold = 10.0 if trace in PAPER_HIGH_THRESHOLD_TRACES else 3.0
     base = {"migrate_out_freeness": threshold, "migrate_in_freeness": threshold, "request_selection": "LCR",
             "migration_interval_s": 0.2, "priority_instance_blocks": 100, "scaling_patience_s": 0.0,
-            "migrate_high_priority": False}
+            "migrate_high_priority": False, "count_unreported_dispatches": False}
     if overrides.get("dispatch") in NON_MIGRATING_POLICIES:
         base["drain_by_migration"] = False  # the baselines never migrated, not even to scale down
     return PolicyConfig(**{**base, **overrides})

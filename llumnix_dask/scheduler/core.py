@@ -196,8 +196,10 @@ class GlobalScheduler:
         decision = dispatch_policy.choose_instance(self._dispatch_candidates(request), request, self.policy, self.dispatch_state)
         rec = self.instances[decision.instance_id]
         self.dispatch_state.record(rec.instance_id)
-        # Count the request on our copy at once, so a burst between two load reports spreads out.
-        self._count_sent(rec, request)
+        # Count the request on our copy at once, so a burst between two load reports spreads out (unless the
+        # policy asks for the last reports alone, as the paper's global scheduler had them).
+        if self.policy.count_unreported_dispatches:
+            self._count_sent(rec, request)
         rec.dispatched += 1
         self.num_dispatched += 1
         self.request_locations[request.request_id] = rec.instance_id
