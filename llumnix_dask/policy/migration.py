@@ -30,7 +30,9 @@ count with their demand, which must fit beside the demand of the destination's o
   back to the shortest running one.
 
 With priorities enabled, normal requests are chosen before high-priority ones (a high-priority request
-moves only when nothing else is eligible, and never with ``migrate_high_priority`` off). SR, LR and LCR move a running request when one is eligible -
+moves only when nothing else is eligible, and with ``migrate_high_priority`` off only off a draining
+instance; an instance holding only high-priority requests is then no source: it would take a destination from
+a source that has something to move). SR, LR and LCR move a running request when one is eligible -
 freeing blocks on the source is what lets its blocked head-of-line request start (de-fragmentation) - and
 fall back to the queued requests otherwise.
 """
@@ -68,6 +70,8 @@ def pair_instances(loads: Sequence[InstanceLoad], config: PolicyConfig) -> list[
         if load.terminating:
             if load.num_requests > 0:
                 sources.append((f, "terminating", load))
+        elif _nothing_to_move(load, config):
+            continue  # it would take a destination from a source that can use it
         elif f < config.migrate_out_freeness and load.num_requests > 0:
             sources.append((f, "low_freeness", load))
         elif load.has_preempted:
@@ -95,6 +99,13 @@ def pair_instances(loads: Sequence[InstanceLoad], config: PolicyConfig) -> list[
     return pairs
 
 
+def _nothing_to_move(load: InstanceLoad, config: PolicyConfig) -> bool:
+    """Every request on ``load`` is high-priority and high-priority requests do not move: an instance kept
+    light for them looks overloaded (their headroom) but has nothing to give, so it is no source."""
+    return (config.priorities_enabled and not config.migrate_high_priority and load.num_requests > 0
+            and load.num_high_priority >= load.num_requests)
+
+
 def select_request(
     src: InstanceLoad, dst: InstanceLoad, config: PolicyConfig, dst_reserve_blocks: int = 0
 ) -> RequestLoad | None:
@@ -115,7 +126,8 @@ def select_request(
         # requests first, a high-priority one only when nothing else is eligible.
         normal_running = [r for r in running if r.priority < Priority.HIGH]
         normal_waiting = [r for r in waiting if r.priority < Priority.HIGH]
-        if normal_running or normal_waiting or not config.migrate_high_priority:
+        # A draining instance gives up its high-priority requests too, once no normal one is left.
+        if normal_running or normal_waiting or not (config.migrate_high_priority or src.terminating):
             running, waiting = normal_running, normal_waiting
     rule = config.request_selection
     if rule == "SR":

@@ -122,3 +122,29 @@ def test_high_priority_requests_stay_put_when_the_policy_says_so():
     dst = InstanceLoad("b", 100, 0)
     assert select_request(src, dst, PolicyConfig()).request_id == "h"  # nothing else to move: it may go
     assert select_request(src, dst, PolicyConfig(migrate_high_priority=False)) is None
+
+
+def test_an_instance_kept_for_high_priority_requests_does_not_take_a_destination_it_cannot_use():
+    # A holds only high-priority requests (its headroom makes it look overloaded, but with
+    # migrate_high_priority off nothing on it may move; freeness -5.5); B's head-of-line normal request cannot
+    # start (freeness -2.5). The one free destination C must go to B, though A looks the more loaded.
+    from llumnix_dask.request import Priority
+
+    cfg = PolicyConfig(migrate_out_freeness=3, migrate_in_freeness=3, priority_instance_blocks=10,
+                       migrate_high_priority=False)
+    high = tuple(RequestLoad(f"h{i}", 8, priority=Priority.HIGH, num_tokens=120) for i in range(4))
+    a = InstanceLoad.from_requests("a", 100, 32, running=high)
+    b = InstanceLoad.from_requests("b", 100, 80, running=(RequestLoad("n1", 80, num_tokens=1270),),
+                                   waiting=(RequestLoad("n2", 25, num_tokens=400),))
+    c = InstanceLoad("c", 100, 0)
+    assert [(p.src, p.dst) for p in pair_instances([a, b, c], cfg)] == [("b", "c")]
+    # Allowed to move high-priority requests, A is a source again: it takes the second destination.
+    d = InstanceLoad("d", 100, 0)
+    assert [(p.src, p.dst) for p in pair_instances([a, b, c, d], PolicyConfig(
+        migrate_out_freeness=3, migrate_in_freeness=3, priority_instance_blocks=10))] == [("a", "c"), ("b", "d")]
+    assert [(p.src, p.dst) for p in pair_instances([a, b, c, d], cfg)] == [("b", "c")]
+    # A draining instance gives up its high-priority requests even with migrate_high_priority off.
+    draining = InstanceLoad.from_requests("a", 100, 32, running=high, terminating=True)
+    assert [p.src for p in pair_instances([draining, c], cfg)] == ["a"]
+    assert select_request(draining, c, cfg).request_id.startswith("h")
+    assert select_request(a, c, cfg) is None
