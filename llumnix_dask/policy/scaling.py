@@ -102,9 +102,12 @@ def freeness_without(loads: Sequence[InstanceLoad], victim: InstanceLoad, config
 
 
 def scaling_decision(
-    loads: Sequence[InstanceLoad], config: PolicyConfig, now: float, state: ScalingState
+    loads: Sequence[InstanceLoad], config: PolicyConfig, now: float, state: ScalingState, starting: int = 0
 ) -> ScalingDecision:
-    """Decide whether to add an instance, drain one, or do nothing."""
+    """Decide whether to add instances, drain one, or do nothing. ``starting``: instances asked for that do
+    not serve yet; they count as empty ones of the largest size, and nothing is drained while they start."""
+    size = max((x.total_blocks for x in loads), default=0)
+    loads = [*loads, *(InstanceLoad(f"starting-{i}", size, 0) for i in range(starting if size else 0))]
     active = [x for x in loads if not x.terminating]
     draining = len(loads) - len(active)
     avg = cluster_freeness(active, config)
@@ -113,12 +116,15 @@ def scaling_decision(
         "band": [config.scale_up_freeness, config.scale_down_freeness],
         "instances": len(active),
         "draining": draining,
+        "starting": starting,
     }
     if not config.scaling_enabled:
         state.direction, state.since = None, None
         return ScalingDecision("none", None, {**reason, "why": "scaling disabled"})
 
-    victim = min(active, key=lambda x: (x.num_requests, -freeness(x, config))) if len(active) > 1 else None
+    serving = active[: len(active) - starting] if starting else active
+    victim = (min(serving, key=lambda x: (x.num_requests, -freeness(x, config)))
+              if len(active) > 1 and not starting else None)
     after = freeness_without(active, victim, config) if victim is not None else -math.inf
     reason["freeness_after_drain"] = after
     if avg < config.scale_up_freeness and len(active) < config.max_instances:

@@ -369,10 +369,8 @@ class GlobalScheduler:
         active = sum(1 for r in self.instances.values() if not r.terminating)
         # Instances asked for but not serving yet count as empty ones (what the cluster will soon be), so a
         # surge is not answered twice while they start.
-        total = max((r.load.total_blocks for r in self.instances.values()), default=0)
         starting = max(0, (self.target_instances or 0) - active)
-        loads += [InstanceLoad(f"starting-{i}", total, 0) for i in range(starting if total else 0)]
-        decision = scaling_policy.scaling_decision(loads, self.policy, now, self.scaling_state)
+        decision = scaling_policy.scaling_decision(loads, self.policy, now, self.scaling_state, starting)
         if decision.action == "up":
             count = max(1, decision.count)
             # A drain still under way is the cheapest instance to have back: it is serving already, and

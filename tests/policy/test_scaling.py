@@ -101,3 +101,17 @@ def test_scale_up_adds_as_many_instances_as_the_load_needs():
     # Never beyond max_instances; at least one when just below x.
     assert instances_to_add(loads, PolicyConfig(scale_up_freeness=10, max_instances=3)) == 1
     assert instances_to_add([inst("a", 100, 55, 5)], cfg) == 1
+
+
+def test_instances_still_starting_count_as_empty_ones_and_block_a_drain():
+    cfg = PolicyConfig(scaling_enabled=True, scale_up_freeness=10, scale_down_freeness=60, scaling_patience_s=0,
+                       max_instances=8)
+    loads = [inst("a", 100, 95, 10), inst("b", 100, 95, 10)]  # F = 0.5: three more instances wanted
+    d = scaling_decision(loads, cfg, 0.0, ScalingState(), starting=2)
+    assert (d.action, d.count) == ("up", 1)  # two already on their way
+    assert scaling_decision(loads, cfg, 0.0, ScalingState(), starting=3).action == "none"
+    # An idle cluster drains, but not while an instance it asked for is still starting.
+    idle = [InstanceLoad("a", 100, 0), InstanceLoad("b", 100, 0)]
+    assert scaling_decision(idle, cfg, 0.0, ScalingState()).action == "down"
+    d = scaling_decision(idle, cfg, 0.0, ScalingState(), starting=1)
+    assert d.action == "none" and d.reason["starting"] == 1
