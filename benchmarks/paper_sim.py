@@ -297,7 +297,9 @@ def main() -> None:
         for t in summary["targets"]:
             v = t["value"]
             shown = f"{v:.2f}" if isinstance(v, float) else str(v)
-            print(f"  {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {shown}")
+            unjudged = v is None or (isinstance(v, str) and v.startswith("not judged"))
+            verdict = "MET   " if t["met"] else ("n/a   " if unjudged else "MISSED")
+            print(f"  {verdict} {t['target']}: {shown if v is not None else 'no such point in this run'}")
         png = plot_grid(rows, "trace", list(points), "rate", LATENCY_PANELS, "policy",
                         results_dir() / f"{name}.png", references=references_for_plot())
         print(f"wrote {png}")
