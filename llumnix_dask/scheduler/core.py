@@ -39,6 +39,8 @@ NoInstanceAvailable = dispatch_policy.NoInstanceAvailable
 
 # How long a request sent to an instance counts there without showing up in its load reports (seconds).
 PENDING_TTL_S = 1.0
+# How long instances the scaling loop asked for count as starting (empty) ones before it gives up on them.
+STARTUP_GRACE_S = 300.0
 
 # Normal-priority freeness dispatch only ever picks among the freest instances, so the policy is run on a
 # shortlist of this many (by cached freeness) instead of on every instance: same decision, less work.
@@ -69,6 +71,7 @@ class GlobalScheduler:
         self.instance_history = CountHistory()
         self.request_locations: dict[str, str] = {}  # request id -> instance id (dispatch / migration)
         self.target_instances: int | None = None  # wanted by the scaling loop or scale(n); None = no opinion
+        self._scaled_up_at: float | None = None  # when the scaling loop last raised the target
         self.num_dispatched = 0
         self.num_migrations = 0
         self.num_migrations_failed = 0
@@ -368,8 +371,13 @@ class GlobalScheduler:
         loads = [r.load for r in self.instances.values()]
         active = sum(1 for r in self.instances.values() if not r.terminating)
         # Instances asked for but not serving yet count as empty ones (what the cluster will soon be), so a
-        # surge is not answered twice while they start.
+        # surge is not answered twice while they start - for STARTUP_GRACE_S at most: a cluster manager that
+        # could not start them must not keep the cluster from scaling down for good.
         starting = max(0, (self.target_instances or 0) - active)
+        if starting and self._scaled_up_at is not None and now - self._scaled_up_at > STARTUP_GRACE_S:
+            self._log("scaling", f"{starting} instance(s) asked for {now - self._scaled_up_at:.0f} s ago never "
+                                 f"came; target back to the {active} serving")
+            self.target_instances, starting = active, 0
         decision = scaling_policy.scaling_decision(loads, self.policy, now, self.scaling_state, starting)
         if decision.action == "up":
             count = max(1, decision.count)
@@ -383,6 +391,7 @@ class GlobalScheduler:
                 active += 1
             wanted = active + starting + count
             self.target_instances = min(self.policy.max_instances, max(self.target_instances or 0, wanted))
+            self._scaled_up_at = now
             self._log("scaling", f"scale up to {self.target_instances}: {decision.reason}")
         elif decision.action == "down" and decision.instance_id in self.instances:
             self.target_instances = max(self.policy.min_instances, active - 1)

@@ -180,6 +180,23 @@ def test_a_scale_up_takes_back_a_drain_under_way_before_starting_an_instance():
     assert gs.scaling_tick().action == "none" and gs.target_instances == 3
 
 
+def test_instances_that_never_start_stop_counting_after_the_grace_period():
+    from llumnix_dask.scheduler.core import STARTUP_GRACE_S
+
+    now = [0.0]
+    gs = GlobalScheduler(PolicyConfig(scaling_enabled=True, scaling_patience_s=0, max_instances=4,
+                                      scale_up_freeness=10, scale_down_freeness=60), clock=lambda: now[0])
+    gs.register("a", "tcp://a:1", busy("a"), name="a")
+    assert gs.scaling_tick().action == "up" and gs.target_instances == 2
+    gs.update_load(idle("a"))  # the load went away; the instance asked for never registers
+    now[0] = 10.0
+    assert gs.scaling_tick().action == "none"  # no drain while one is still starting
+    now[0] = STARTUP_GRACE_S + 1
+    gs.scaling_tick()
+    assert gs.target_instances == 1
+    assert any("never came" in str(d.reason) for d in gs.decisions)
+
+
 def test_policy_knobs_are_validated_and_coerced():
     gs = make(idle("a"))
     assert gs.set_policy({"dispatch": "round_robin", "migration_enabled": "false"}).migration_enabled is False
