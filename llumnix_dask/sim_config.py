@@ -265,10 +265,15 @@ class SimConfig:
             _fail(self, "admission_watermark", f"must be in [0, 1), got {self.admission_watermark!r}")
 
     @property
+    def watermark_blocks(self) -> int:
+        """The blocks an instance keeps free when it admits a queued request."""
+        return int(self.admission_watermark * self.blocks_per_instance)
+
+    @property
     def max_request_tokens(self) -> int:
         """The longest request (prompt + output tokens) one instance can hold: its blocks less the admission
         watermark. Pass it to :func:`~llumnix_dask.workloads.generate_trace` for ShareGPT-like traces."""
-        return (self.blocks_per_instance - int(self.admission_watermark * self.blocks_per_instance)) * self.block_size
+        return (self.blocks_per_instance - self.watermark_blocks) * self.block_size
 
     @classmethod
     def for_profile(cls, profile: str | EngineProfile, **overrides: Any) -> "SimConfig":

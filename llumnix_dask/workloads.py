@@ -112,8 +112,12 @@ def lognormal_lengths(
     if not 0 < p50 < p99:
         raise ValueError(f"lengths: need 0 < p50 < p99, got p50={p50!r}, p99={p99!r}")
     sigma = (np.log(p99) - np.log(p50)) / 2.3263478740408408  # the standard normal's 99th percentile
-    drawn = rng.lognormal(np.log(p50), sigma, size=size)
-    return np.clip(np.ceil(drawn), 1, max_len).astype(np.int64)
+    return np.minimum(_lognormal(p50, sigma, size, rng), max_len)
+
+
+def _lognormal(median: float, sigma: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` log-normal draws, ceiled to whole tokens (at least 1)."""
+    return np.maximum(np.ceil(rng.lognormal(np.log(median), sigma, size=size)), 1).astype(np.int64)
 
 
 def arrival_times(
@@ -211,15 +215,16 @@ def _pairs_below(in50, in99, out50, out99, n, rng, limit) -> tuple[np.ndarray, n
 
     The statistics describe the trace after its long records were dropped, so the input's spread is the one
     whose 99th percentile *below the cap* is ``in99`` (dropping the tail alone would pull it ~5% lower)."""
-    unclipped = np.iinfo(np.int64).max
-    sigma = _sigma_below(in50, in99, limit - out50)
-    inputs = np.ceil(rng.lognormal(np.log(in50), sigma, size=n)).astype(np.int64)
-    outputs = lognormal_lengths(out50, out99, n, rng, max_len=unclipped)
+    in_sigma = _sigma_below(in50, in99, limit - out50)
+    out_sigma = (np.log(out99) - np.log(out50)) / 2.3263478740408408
+
+    def draw(k: int) -> tuple[np.ndarray, np.ndarray]:
+        return _lognormal(in50, in_sigma, k, rng), _lognormal(out50, out_sigma, k, rng)
+
+    inputs, outputs = draw(n)
     while (over := inputs + outputs >= limit).any():
-        k = int(over.sum())
-        inputs[over] = np.ceil(rng.lognormal(np.log(in50), sigma, size=k)).astype(np.int64)
-        outputs[over] = lognormal_lengths(out50, out99, k, rng, max_len=unclipped)
-    return np.maximum(inputs, 1), outputs
+        inputs[over], outputs[over] = draw(int(over.sum()))
+    return inputs, outputs
 
 
 def _sigma_below(p50: float, p99: float, cap: float) -> float:

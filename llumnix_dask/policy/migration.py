@@ -13,7 +13,8 @@ Pure code over :class:`InstanceLoad` snapshots. Every migration tick the global 
     'y'
 
 Pairing: sources are instances whose freeness is below ``migrate_out_freeness``, that hold preempted
-requests waiting for recompute, or that are terminating (being drained); destinations are instances
+requests waiting for recompute, or that are terminating (being drained; unless ``drain_by_migration`` is
+off: then a draining instance only finishes what it holds); destinations are instances
 whose freeness is above ``migrate_in_freeness``. The most loaded source is paired with the least loaded
 destination, the second with the second, and so on. An instance already in a migration is skipped: at
 most one migration per instance at a time. Nothing migrates when migration is disabled or the dispatch
@@ -68,7 +69,7 @@ def pair_instances(loads: Sequence[InstanceLoad], config: PolicyConfig) -> list[
             continue
         f = freeness(load, config)
         if load.terminating:
-            if load.num_requests > 0:
+            if load.num_requests > 0 and config.drain_by_migration:
                 sources.append((f, "terminating", load))
         elif _nothing_to_move(load, config):
             continue  # it would take a destination from a source that can use it

@@ -63,14 +63,20 @@ class ScalingState:
     since: float | None = None
 
 
+def _free_and_requests(active: Sequence[InstanceLoad], config: PolicyConfig) -> tuple[float, int]:
+    """Free virtual blocks and requests (at least one per instance) over ``active``."""
+    free = sum(x.total_blocks - virtual_usage(x, config) for x in active)
+    return free, sum(max(1, x.num_requests) for x in active)
+
+
 def cluster_freeness(loads: Sequence[InstanceLoad], config: PolicyConfig) -> float:
     """Free virtual blocks per request over the non-terminating instances, each counting at least one request
     (``inf`` when none is left)."""
     active = [x for x in loads if not x.terminating]
     if not active:
         return math.inf
-    free = sum(x.total_blocks - virtual_usage(x, config) for x in active)
-    return free / sum(max(1, x.num_requests) for x in active)
+    free, requests = _free_and_requests(active, config)
+    return free / requests
 
 
 def instances_to_add(loads: Sequence[InstanceLoad], config: PolicyConfig) -> int:
@@ -83,8 +89,7 @@ def instances_to_add(loads: Sequence[InstanceLoad], config: PolicyConfig) -> int
     if not active:
         return 1
     size = max(x.total_blocks for x in active)
-    free = sum(x.total_blocks - virtual_usage(x, config) for x in active)
-    requests = sum(max(1, x.num_requests) for x in active)
+    free, requests = _free_and_requests(active, config)
     x = config.scale_up_freeness
     if size <= x:
         return room
@@ -94,11 +99,9 @@ def instances_to_add(loads: Sequence[InstanceLoad], config: PolicyConfig) -> int
 
 def freeness_without(loads: Sequence[InstanceLoad], victim: InstanceLoad, config: PolicyConfig) -> float:
     """The cluster's freeness once ``victim`` is drained: its capacity gone, its requests on the others."""
-    active = [x for x in loads if not x.terminating]
-    free = sum(x.total_blocks - virtual_usage(x, config) for x in active if x is not victim)
-    free -= virtual_usage(victim, config)
-    requests = sum(max(1, x.num_requests) for x in active if x is not victim) + victim.num_requests
-    return free / max(1, requests)
+    others = [x for x in loads if not x.terminating and x is not victim]
+    free, requests = _free_and_requests(others, config)
+    return (free - virtual_usage(victim, config)) / max(1, requests + victim.num_requests)
 
 
 def scaling_decision(

@@ -241,8 +241,6 @@ class GlobalScheduler:
         migrates = self.policy.migration_enabled and self.policy.dispatch not in NON_MIGRATING_POLICIES
         if migrates:
             pairs = migration_policy.pair_instances(self.loads(), self.policy)
-            if not self.policy.drain_by_migration:
-                pairs = [p for p in pairs if not self.instances[p.src].terminating]
         elif self.policy.drain_by_migration and any(r.terminating for r in self.instances.values()):
             # Draining needs migration even under a policy that never migrates for balance.
             drain_policy = dataclasses.replace(self.policy, migration_enabled=True, dispatch="llumnix")

@@ -87,9 +87,6 @@ class Simulator:
     def _clock(self) -> float:
         return self.now
 
-    def _watermark_blocks(self) -> int:
-        return int(self.config.admission_watermark * self.config.blocks_per_instance)
-
     # -- event plumbing ----------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
         heapq.heappush(self._events, (t, next(self._counter), kind, payload))
@@ -122,7 +119,7 @@ class Simulator:
         cfg = self.config
         engine = SimEngine(
             iid, cfg.blocks_per_instance, cfg.block_size, cfg.max_batch_size, cfg.max_batched_tokens, cfg.latency,
-            realtime=False, record_tokens=False, watermark_blocks=self._watermark_blocks(),
+            realtime=False, record_tokens=False, watermark_blocks=self.config.watermark_blocks,
             priority_scheduling=self.policy.priorities_enabled, detailed_load=True,
         )
         engine.now = now
